@@ -1,0 +1,51 @@
+import { createLogger } from '../common/log';
+import { UsageError } from './options';
+
+const HELP = `Usage: tcpaudit <command> [options]
+
+Commands:
+  stack up|down|status|env   the local Kafka, schema registry and PostgreSQL on 127.0.0.1
+  capture                    print this host's TCP state changes as JSON lines (no Kafka)
+  produce                    capture and publish to Kafka
+  process                    consume from Kafka and write audit rows to PostgreSQL
+
+Run "tcpaudit <command> --help" for a command's options.
+`;
+
+type Command = (argv: string[]) => Promise<number>;
+
+// Loaded on demand: "tcpaudit process" has no need of the native capture addon, and vice versa.
+const COMMANDS: Record<string, () => Command> = {
+  stack: () => require('../stack/cli').runStackCommand,
+  capture: () => require('./capture').runCapture,
+  produce: () => require('./produce').runProduce,
+  process: () => require('./process').runProcess,
+};
+
+function isUsageError(err: unknown): boolean {
+  const code = (err as { code?: string }).code ?? '';
+  return err instanceof UsageError || code.startsWith('ERR_PARSE_ARGS');
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '-h' || name === '--help' || name === 'help') {
+    process.stdout.write(HELP);
+    return name ? 0 : 2;
+  }
+  const load = COMMANDS[name];
+  if (!load) {
+    process.stderr.write(`tcpaudit: unknown command "${name}"\n\n${HELP}`);
+    return 2;
+  }
+  try {
+    return await load()(rest);
+  } catch (err) {
+    if (isUsageError(err)) {
+      process.stderr.write(`tcpaudit ${name}: ${(err as Error).message}\n`);
+      return 2;
+    }
+    createLogger(name).error('failed', { error: (err as Error).message, stack: (err as Error).stack });
+    return 1;
+  }
+}
