@@ -1,0 +1,35 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Kernel-dependent decisions for tcpaudit.bpf.c, each with the reason that forced it. */
+#ifndef TCPAUDIT_COMPAT_BPF_H
+#define TCPAUDIT_COMPAT_BPF_H
+
+#include "vmlinux.h"
+
+/*
+ * Is this transition running in the socket owner's task context?
+ *
+ * The direct test reads preempt_count through the per-CPU ksym __preempt_count (what
+ * bpf_in_interrupt() in newer libbpf does), but the verifier resolves ksym addresses with
+ * kallsyms, which lists per-CPU data only with CONFIG_KALLSYMS_ALL. Debian-style and our CI
+ * kernels lack it ("ldimm64 failed to find the address for kernel symbol '__preempt_count'",
+ * measured on 6.18), and x86 kept preempt_count inside struct pcpu_hot for several releases
+ * before 6.15. So we decide by transition instead: these are only ever made by a syscall
+ * (connect, listen, close/shutdown) on the socket, so `current` is its user. Packet-driven
+ * transitions may run in softirq on top of any task and get no process.
+ */
+static __always_inline bool tcpaudit_syscall_transition(int oldstate, int newstate)
+{
+	switch (newstate) {
+	case TCP_SYN_SENT:  /* connect() */
+	case TCP_LISTEN:    /* listen() */
+	case TCP_FIN_WAIT1: /* close()/shutdown() on an established socket */
+	case TCP_LAST_ACK:  /* close()/shutdown() after the peer's FIN */
+		return true;
+	case TCP_CLOSE:     /* close() of a listener; other closes may be packet-driven */
+		return oldstate == TCP_LISTEN;
+	default:
+		return false;
+	}
+}
+
+#endif /* TCPAUDIT_COMPAT_BPF_H */

@@ -1,0 +1,74 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Wire record shared by the BPF program (bpf/tcpaudit.bpf.c), the addon (native/) and, by
+ * offsets, the TypeScript decoder (producer/capture/decode.ts). Change a field and you must
+ * bump TCPAUDIT_LAYOUT_VERSION and the decoder's offsets together.
+ */
+#ifndef TCPAUDIT_H
+#define TCPAUDIT_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+#define TCPAUDIT_LAYOUT_VERSION 1
+#define TCPAUDIT_COMM_LEN 16
+#define TCPAUDIT_RECORD_SIZE 160
+
+/* Where the process fields of a record came from (tcpaudit_event.proc_source). */
+enum tcpaudit_proc_source {
+	TCPAUDIT_PROC_NONE = 0,     /* unknown: first seen in a packet-driven transition */
+	TCPAUDIT_PROC_OWNER = 1,    /* recorded at connect()/listen() in the owner's context */
+	TCPAUDIT_PROC_LISTENER = 2, /* passive open: copied from the listener's record */
+	TCPAUDIT_PROC_CURRENT = 3,  /* first seen in a syscall-driven transition: current */
+};
+
+/* Slots of the per-CPU "losses" array: every way the kernel side can lose information. */
+enum tcpaudit_loss {
+	TCPAUDIT_LOSS_RING = 0,         /* ring buffer full: the record is gone, seq shows a gap */
+	TCPAUDIT_LOSS_SOCK_MAP = 1,     /* socks update failed: later events get a new conn id */
+	TCPAUDIT_LOSS_LISTENER_MAP = 2, /* listeners update failed: children lose their process */
+	TCPAUDIT_LOSS_MAX = 3,
+};
+
+/*
+ * One TCP state change. Little-endian (x86), 8-byte aligned, no implicit padding: every hole
+ * is a named pad field so the C compiler and the JS decoder agree byte for byte.
+ */
+struct tcpaudit_event {
+	__u64 seq;            /* 0: per-load sequence, taken even when the reserve fails */
+	__u64 ts_ns;          /* 8: bpf_ktime_get_boot_ns() (CLOCK_BOOTTIME) */
+	__u64 run_id;         /* 16: per-load id chosen by the loader, part of the conn id */
+	__u64 conn_id;        /* 24: per-load counter assigned at first sight of a socket */
+	__u64 cgroup_id;      /* 32 */
+	__u64 bytes_acked;    /* 40: tcp_sock.bytes_acked, i.e. bytes sent and acknowledged */
+	__u64 bytes_received; /* 48 */
+	__u8 saddr[16];       /* 56: IPv4 uses the first 4 bytes, network order */
+	__u8 daddr[16];       /* 72 */
+	__u32 pid;            /* 88: tgid */
+	__u32 tid;            /* 92 */
+	__u32 uid;            /* 96 */
+	__u32 netns;          /* 100: network namespace inode */
+	__u32 segs_out;       /* 104 */
+	__u32 segs_in;        /* 108 */
+	__u32 total_retrans;  /* 112 */
+	__u32 srtt_us;        /* 116: smoothed RTT, already shifted (srtt_us >> 3) */
+	__u16 version;        /* 120: TCPAUDIT_LAYOUT_VERSION */
+	__u16 family;         /* 122: AF_INET (2) or AF_INET6 (10) */
+	__u16 sport;          /* 124: host order, as the tracepoint reports it */
+	__u16 dport;          /* 126: host order */
+	__u8 oldstate;        /* 128 */
+	__u8 newstate;        /* 129 */
+	__u8 proc_source;     /* 130: enum tcpaudit_proc_source */
+	__u8 pad0[5];         /* 131 */
+	char comm[TCPAUDIT_COMM_LEN]; /* 136 */
+	__u8 pad1[8];         /* 152: keeps the size a multiple of 8 */
+};
+
+#ifdef __cplusplus
+static_assert(sizeof(struct tcpaudit_event) == TCPAUDIT_RECORD_SIZE, "record size drifted");
+#else
+_Static_assert(sizeof(struct tcpaudit_event) == TCPAUDIT_RECORD_SIZE, "record size drifted");
+#endif
+
+#endif /* TCPAUDIT_H */

@@ -1,0 +1,173 @@
+#include "BpfSession.hh"
+
+#include <bpf/bpf.h>
+#include <bpf/btf.h>
+#include <bpf/libbpf.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+#include <stdexcept>
+#include <vector>
+
+extern "C" {
+#include "tcpaudit.h"
+}
+
+static std::atomic<bool> gVerbose{false};
+
+static int printLibbpf(enum libbpf_print_level level, const char *fmt, va_list args) {
+  // Warnings are muted too unless verbose: the failure that matters reaches JS as an
+  // exception, and libbpf's chatter would interleave with the CLI's JSON output.
+  (void)level;
+  if (!gVerbose.load()) {
+    return 0;
+  }
+  return vfprintf(stderr, fmt, args);
+}
+
+void setLibbpfVerbose(bool verbose) {
+  gVerbose.store(verbose);
+  libbpf_set_print(printLibbpf);
+}
+
+static std::runtime_error failure(const std::string &what, int err) {
+  std::string msg = "failed to " + what + ": " + strerror(err < 0 ? -err : err);
+  if (err == -EPERM || err == EPERM || err == -EACCES || err == EACCES) {
+    msg += " (loading BPF needs CAP_BPF and CAP_PERFMON, or root)";
+  }
+  return std::runtime_error(msg);
+}
+
+BpfSession::BpfSession(const std::string &objectPath, uint64_t ringBytes, uint64_t runId) {
+  try {
+    mObj = bpf_object__open_file(objectPath.c_str(), nullptr);
+    if (!mObj) {
+      int err = errno;
+      throw failure("open BPF object " + objectPath, err);
+    }
+
+    bpf_map *events = bpf_object__find_map_by_name(mObj, "events");
+    mLosses = bpf_object__find_map_by_name(mObj, "losses");
+    if (!events || !mLosses) {
+      throw std::runtime_error("failed to find maps in " + objectPath + ": wrong object?");
+    }
+    int err = bpf_map__set_max_entries(events, static_cast<uint32_t>(ringBytes));
+    if (err) {
+      throw failure("size ring buffer", err);
+    }
+    setRodata(ringBytes, runId);
+
+    err = bpf_object__load(mObj);
+    if (err) {
+      throw failure("load BPF object", err);
+    }
+
+    bpf_program *prog = bpf_object__find_program_by_name(mObj, "handle_set_state");
+    if (!prog) {
+      throw std::runtime_error("failed to find program handle_set_state in " + objectPath);
+    }
+    mLink = bpf_program__attach(prog);
+    if (!mLink) {
+      err = errno;
+      mLink = nullptr;
+      throw failure("attach tp_btf/inet_sock_set_state", err);
+    }
+    mEventsFd = bpf_map__fd(events);
+  } catch (...) {
+    destroy();
+    throw;
+  }
+}
+
+BpfSession::~BpfSession() { destroy(); }
+
+void BpfSession::destroy() {
+  if (mLink) {
+    bpf_link__destroy(mLink);
+    mLink = nullptr;
+  }
+  if (mObj) {
+    bpf_object__close(mObj);
+    mObj = nullptr;
+  }
+  mLosses = nullptr;
+  mEventsFd = -1;
+}
+
+// Writes the `const volatile` knobs into .rodata before load. Without a skeleton we find
+// each variable's offset through the object's BTF datasec.
+void BpfSession::setRodata(uint64_t ringBytes, uint64_t runId) {
+  bpf_map *rodata = nullptr;
+  bpf_map *map;
+  bpf_object__for_each_map(map, mObj) {
+    const char *name = bpf_map__name(map);
+    size_t len = strlen(name);
+    if (bpf_map__is_internal(map) && len >= 7 && strcmp(name + len - 7, ".rodata") == 0) {
+      rodata = map;
+    }
+  }
+  btf *objBtf = bpf_object__btf(mObj);
+  if (!rodata || !objBtf) {
+    throw std::runtime_error("failed to find .rodata in BPF object");
+  }
+  // libbpf 1.1 hands out the initial value read-only: edit a copy and set it back.
+  size_t size = 0;
+  auto *initial = static_cast<const uint8_t *>(bpf_map__initial_value(rodata, &size));
+  int secId = btf__find_by_name_kind(objBtf, ".rodata", BTF_KIND_DATASEC);
+  if (!initial || secId < 0) {
+    throw std::runtime_error("failed to find .rodata in BPF object");
+  }
+  std::vector<uint8_t> data(initial, initial + size);
+
+  const btf_type *sec = btf__type_by_id(objBtf, secId);
+  const btf_var_secinfo *vars = btf_var_secinfos(sec);
+  int found = 0;
+  for (unsigned i = 0; i < btf_vlen(sec); i++) {
+    const btf_type *var = btf__type_by_id(objBtf, vars[i].type);
+    const char *name = btf__name_by_offset(objBtf, var->name_off);
+    const uint64_t *value = nullptr;
+    if (strcmp(name, "ring_bytes") == 0) {
+      value = &ringBytes;
+    } else if (strcmp(name, "run_id") == 0) {
+      value = &runId;
+    }
+    if (!value || vars[i].size != sizeof(*value) || vars[i].offset + 8 > size) {
+      continue;
+    }
+    memcpy(data.data() + vars[i].offset, value, sizeof(*value));
+    found++;
+  }
+  if (found != 2) {
+    throw std::runtime_error("failed to set ring_bytes/run_id in BPF object: wrong object?");
+  }
+  int err = bpf_map__set_initial_value(rodata, data.data(), data.size());
+  if (err) {
+    throw failure("set .rodata", err);
+  }
+}
+
+KernelLosses BpfSession::losses() const {
+  KernelLosses out;
+  if (!mLosses) {
+    return out;
+  }
+  int ncpus = libbpf_num_possible_cpus();
+  if (ncpus <= 0) {
+    return out;
+  }
+  std::vector<uint64_t> values(ncpus);
+  uint64_t *slots[] = {&out.ring, &out.sockMap, &out.listenerMap};
+  for (uint32_t key = 0; key < TCPAUDIT_LOSS_MAX; key++) {
+    if (bpf_map__lookup_elem(mLosses, &key, sizeof(key), values.data(),
+                             values.size() * sizeof(uint64_t), 0)) {
+      continue;
+    }
+    for (uint64_t v : values) {
+      *slots[key] += v;
+    }
+  }
+  return out;
+}

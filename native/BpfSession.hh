@@ -1,0 +1,46 @@
+#ifndef TCPAUDIT_BPF_SESSION_HH
+#define TCPAUDIT_BPF_SESSION_HH
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+struct bpf_object;
+struct bpf_link;
+struct bpf_map;
+
+// What the kernel side lost, summed over CPUs (see enum tcpaudit_loss in bpf/tcpaudit.h).
+struct KernelLosses {
+  uint64_t ring = 0;
+  uint64_t sockMap = 0;
+  uint64_t listenerMap = 0;
+};
+
+// Owns the BPF object and its attachment.
+// Threads: everything runs on the JS thread; the ring buffer fd is read by the drain thread,
+// which must be joined before the destructor runs.
+class BpfSession {
+public:
+  // Opens, configures, loads and attaches; throws std::runtime_error with a clear message.
+  BpfSession(const std::string &objectPath, uint64_t ringBytes, uint64_t runId);
+  ~BpfSession();
+  BpfSession(const BpfSession &) = delete;
+  BpfSession &operator=(const BpfSession &) = delete;
+
+  int eventsFd() const { return mEventsFd; }
+  KernelLosses losses() const;
+
+private:
+  void setRodata(uint64_t ringBytes, uint64_t runId);
+  void destroy();
+
+  bpf_object *mObj = nullptr;
+  bpf_link *mLink = nullptr;
+  bpf_map *mLosses = nullptr;
+  int mEventsFd = -1;
+};
+
+// Routes libbpf's messages to stderr only when verbose; process-wide, as libbpf's is.
+void setLibbpfVerbose(bool verbose);
+
+#endif

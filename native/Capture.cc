@@ -1,0 +1,117 @@
+#include "Capture.hh"
+
+#include <time.h>
+#include <unistd.h>
+
+#include <stdexcept>
+#include <string>
+
+// Batches waiting for JS; past this the drain drops and counts instead of queueing more.
+static constexpr size_t kMaxQueuedBatches = 64;
+static constexpr uint64_t kDefaultRingBytes = 8u << 20;
+
+Napi::Function Capture::define(Napi::Env env) {
+  return DefineClass(env, "Capture",
+                     {
+                         InstanceMethod<&Capture::stats>("stats"),
+                         InstanceMethod<&Capture::clockOffset>("clockOffsetNs"),
+                         InstanceMethod<&Capture::runId>("runId"),
+                         InstanceMethod<&Capture::close>("close"),
+                     });
+}
+
+static bool validRingBytes(uint64_t bytes) {
+  uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  bool powerOfTwo = bytes != 0 && (bytes & (bytes - 1)) == 0;
+  return powerOfTwo && bytes % page == 0 && bytes <= (1ull << 30);
+}
+
+Capture::Capture(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Capture>(info) {
+  Napi::Env env = info.Env();
+  mEnv = env;
+  // The TypeScript loader validates first; these checks keep a direct caller from crashing.
+  if (info.Length() < 3 || !info[0].IsString() || !info[1].IsObject() || !info[2].IsFunction()) {
+    throw Napi::TypeError::New(env, "Capture(objectPath, options, onBatch) expected");
+  }
+  std::string path = info[0].As<Napi::String>();
+  Napi::Object options = info[1].As<Napi::Object>();
+  Napi::Function onBatch = info[2].As<Napi::Function>();
+
+  uint64_t ringBytes = kDefaultRingBytes;
+  Napi::Value ring = options.Get("ringBytes");
+  if (!ring.IsUndefined()) {
+    if (!ring.IsNumber()) {
+      throw Napi::TypeError::New(env, "ringBytes must be a number");
+    }
+    ringBytes = static_cast<uint64_t>(ring.As<Napi::Number>().Int64Value());
+  }
+  if (!validRingBytes(ringBytes)) {
+    throw Napi::RangeError::New(
+        env, "ringBytes must be a power of two, a multiple of the page size and <= 1 GiB");
+  }
+  setLibbpfVerbose(options.Get("libbpfVerbose").ToBoolean().Value());
+
+  // Per-load run id: boot-clock ns at load never repeats within a boot, so connection ids
+  // stay unique when the program is reloaded and its counter restarts at 0.
+  timespec ts{};
+  clock_gettime(CLOCK_BOOTTIME, &ts);
+  mRunId = static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + ts.tv_nsec;
+
+  try {
+    mSession = std::make_unique<BpfSession>(path, ringBytes, mRunId);
+  } catch (const std::runtime_error &e) {
+    throw Napi::Error::New(env, e.what());
+  }
+
+  auto tsfn = Napi::ThreadSafeFunction::New(env, onBatch, "tcpaudit-capture",
+                                            kMaxQueuedBatches, 1);
+  try {
+    mDrain = std::make_unique<Drain>(mSession->eventsFd(), tsfn, mStats);
+  } catch (const std::runtime_error &e) {
+    tsfn.Release();
+    mSession.reset();
+    throw Napi::Error::New(env, e.what());
+  }
+  napi_add_env_cleanup_hook(env, &Capture::onEnvCleanup, this);
+}
+
+Capture::~Capture() { shutdown(); }
+
+void Capture::onEnvCleanup(void *self) { static_cast<Capture *>(self)->shutdown(); }
+
+void Capture::shutdown() {
+  if (!mDrain && !mSession) {
+    return;
+  }
+  mDrain.reset();
+  mSession.reset();
+  napi_remove_env_cleanup_hook(mEnv, &Capture::onEnvCleanup, this);
+}
+
+Napi::Value Capture::stats(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  KernelLosses losses = mSession ? mSession->losses() : KernelLosses{};
+  Napi::Object out = Napi::Object::New(env);
+  auto num = [&](uint64_t v) { return Napi::Number::New(env, static_cast<double>(v)); };
+  out.Set("kernelLost", num(losses.ring));
+  out.Set("sockMapErrors", num(losses.sockMap));
+  out.Set("listenerMapErrors", num(losses.listenerMap));
+  out.Set("userDropped", num(mStats.userDropped.load()));
+  out.Set("droppedBatches", num(mStats.droppedBatches.load()));
+  out.Set("batches", num(mStats.batches.load()));
+  out.Set("events", num(mStats.events.load()));
+  return out;
+}
+
+Napi::Value Capture::clockOffset(const Napi::CallbackInfo &info) {
+  return Napi::BigInt::New(info.Env(), clockOffsetNs());
+}
+
+Napi::Value Capture::runId(const Napi::CallbackInfo &info) {
+  return Napi::BigInt::New(info.Env(), mRunId);
+}
+
+Napi::Value Capture::close(const Napi::CallbackInfo &info) {
+  shutdown();
+  return info.Env().Undefined();
+}

@@ -1,0 +1,38 @@
+#ifndef TCPAUDIT_CAPTURE_HH
+#define TCPAUDIT_CAPTURE_HH
+
+#include <napi.h>
+
+#include <memory>
+
+#include "BpfSession.hh"
+#include "Drain.hh"
+
+// JS-facing capture: new Capture(objectPath, {ringBytes, libbpfVerbose}, onBatch).
+// onBatch(buffer, count, clockOffsetNs) runs on the JS thread once per batch.
+// Every method runs on the JS thread; only Drain owns another thread.
+class Capture : public Napi::ObjectWrap<Capture> {
+public:
+  static Napi::Function define(Napi::Env env);
+
+  explicit Capture(const Napi::CallbackInfo &info);
+  ~Capture() override;
+
+private:
+  Napi::Value stats(const Napi::CallbackInfo &info);
+  Napi::Value clockOffset(const Napi::CallbackInfo &info);
+  Napi::Value runId(const Napi::CallbackInfo &info);
+  Napi::Value close(const Napi::CallbackInfo &info);
+
+  // Idempotent: joins the drain thread first (it uses the ring), then frees the BPF side.
+  void shutdown();
+  static void onEnvCleanup(void *self);
+
+  DrainStats mStats;
+  std::unique_ptr<BpfSession> mSession;
+  std::unique_ptr<Drain> mDrain;
+  uint64_t mRunId = 0;
+  napi_env mEnv = nullptr;
+};
+
+#endif
