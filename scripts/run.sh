@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The main job on this host: the local stack, then the producer and the processor in the
+# foreground until Ctrl-C, which stops both cleanly (each flushes what it holds first).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+cli=(node "$root/bin/tcpaudit.js")
+
+"${cli[@]}" stack up
+eval "$("${cli[@]}" stack env)"
+export PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE KAFKA_BROKERS SCHEMA_REGISTRY_URL
+
+# Own sessions, so a Ctrl-C reaches them once, from stop() below, and not also from the
+# terminal: a second signal would make them exit without flushing.
+setsid "${cli[@]}" process &
+processor=$!
+setsid "${cli[@]}" produce &
+producer=$!
+
+stopping=0
+stop() {
+	# Once only: a second TERM tells them to exit without flushing.
+	((stopping)) && return
+	stopping=1
+	echo "run: stopping producer and processor" >&2
+	kill -TERM "$producer" "$processor" 2>/dev/null || true
+}
+trap stop INT TERM
+
+cat >&2 <<INFO
+
+tcpaudit is running: producer pid $producer, processor pid $processor. Ctrl-C stops both.
+Make a TCP connection on this host (for example: curl -s http://127.0.0.1:$PGPORT), then look:
+
+  PGPASSWORD=$PGPASSWORD psql -h $PGHOST -p $PGPORT -U $PGUSER $PGDATABASE -c \\
+    'SELECT opened_at, comm, pid, local_addr, local_port, remote_addr, remote_port, outcome,
+            closed_by, states FROM connections ORDER BY opened_at DESC LIMIT 20'
+
+Logs of the stack: $root/.tcpaudit/logs/. The stack keeps running after Ctrl-C;
+stop it with: node bin/tcpaudit.js stack down
+
+INFO
+
+# Whichever ends first (Ctrl-C, or a failure), the other is stopped too.
+status=0
+wait -n "$producer" "$processor" || status=$?
+((stopping)) && status=0 # interrupted by Ctrl-C: a clean stop, not a failure
+stop
+wait "$producer" 2>/dev/null || true
+wait "$processor" 2>/dev/null || true
+exit "$status"
