@@ -63,8 +63,21 @@ Capture::Capture(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Capture>(inf
     throw Napi::Error::New(env, e.what());
   }
 
+  // Optional onClosed(): called once the last queued batch has been delivered, so JS knows
+  // when stop() is complete. The reference lives until the TSFN's finalizer runs.
+  auto *onClosed = new Napi::FunctionReference();
+  if (info.Length() > 3 && info[3].IsFunction()) {
+    *onClosed = Napi::Persistent(info[3].As<Napi::Function>());
+  }
+  // JS thread, after the drain thread released the TSFN and the queue is empty.
+  auto finalize = [](Napi::Env, Napi::FunctionReference *ref) {
+    if (!ref->IsEmpty()) {
+      ref->Call({});  // an exception here surfaces as uncaught, like any JS callback's
+    }
+    delete ref;
+  };
   auto tsfn = Napi::ThreadSafeFunction::New(env, onBatch, "tcpaudit-capture",
-                                            kMaxQueuedBatches, 1);
+                                            kMaxQueuedBatches, 1, onClosed, finalize);
   try {
     mDrain = std::make_unique<Drain>(mSession->eventsFd(), tsfn, mStats);
   } catch (const std::runtime_error &e) {
@@ -84,13 +97,16 @@ void Capture::shutdown() {
     return;
   }
   mDrain.reset();
+  if (mSession) {
+    mFinalLosses = mSession->losses();
+  }
   mSession.reset();
   napi_remove_env_cleanup_hook(mEnv, &Capture::onEnvCleanup, this);
 }
 
 Napi::Value Capture::stats(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
-  KernelLosses losses = mSession ? mSession->losses() : KernelLosses{};
+  KernelLosses losses = mSession ? mSession->losses() : mFinalLosses;
   Napi::Object out = Napi::Object::New(env);
   auto num = [&](uint64_t v) { return Napi::Number::New(env, static_cast<double>(v)); };
   out.Set("kernelLost", num(losses.ring));

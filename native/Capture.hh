@@ -8,8 +8,9 @@
 #include "BpfSession.hh"
 #include "Drain.hh"
 
-// JS-facing capture: new Capture(objectPath, {ringBytes, libbpfVerbose}, onBatch).
-// onBatch(buffer, count, clockOffsetNs) runs on the JS thread once per batch.
+// JS-facing capture: new Capture(objectPath, {ringBytes, libbpfVerbose}, onBatch, onClosed?).
+// onBatch(buffer, count, clockOffsetNs) runs on the JS thread once per batch; onClosed()
+// once after close(), when every queued batch has been delivered.
 // Every method runs on the JS thread; only Drain owns another thread.
 class Capture : public Napi::ObjectWrap<Capture> {
 public:
@@ -31,6 +32,7 @@ private:
   DrainStats mStats;
   std::unique_ptr<BpfSession> mSession;
   std::unique_ptr<Drain> mDrain;
+  KernelLosses mFinalLosses;  // read just before the maps go away, so stats() stays valid
   uint64_t mRunId = 0;
   napi_env mEnv = nullptr;
 };

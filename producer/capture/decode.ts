@@ -1,0 +1,109 @@
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { stateName, type TcpEvent } from '../../common/event';
+import { ipv4Text, ipv6Text } from './address';
+import { AF_INET, AF_INET6, COMM_LEN, LAYOUT_VERSION, OFF, RECORD_SIZE } from './layout';
+
+/** What every record of a batch shares; the caller measures the clock offset per batch. */
+export interface DecodeContext {
+  host: string;
+  bootId: string;
+  /** CLOCK_REALTIME minus CLOCK_BOOTTIME, ns: turns the kernel's stamp into epoch ns. */
+  clockOffsetNs: bigint;
+}
+
+/** A batch that does not match the layout this build knows: never retried, never guessed at. */
+export class RecordLayoutError extends Error {
+  readonly code = 'TCPAUDIT_RECORD_LAYOUT';
+  constructor(message: string) {
+    super(message);
+    this.name = 'RecordLayoutError';
+  }
+}
+
+let cachedBootId: string | undefined;
+
+/** The kernel's boot id (a UUID), read once: it cannot change while we run. */
+export function bootId(): string {
+  cachedBootId ??= readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  return cachedBootId;
+}
+
+export function defaultContext(clockOffsetNs: bigint): DecodeContext {
+  return { host: hostname(), bootId: bootId(), clockOffsetNs };
+}
+
+/**
+ * Connection id: `<first 8 hex of boot id>-<run id hex>-<counter hex>`. The counter is the
+ * BPF program's per-load socket counter; the run id (boot-clock ns when the program was
+ * loaded) keeps ids unique when the program is reloaded within one boot, and the boot id
+ * across reboots. Unique per host; add the host name for a fleet-wide key.
+ */
+export function connectionId(bootIdText: string, runId: bigint, counter: bigint): string {
+  return `${bootIdText.replace(/-/g, '').slice(0, 8)}-${runId.toString(16)}-${counter.toString(16)}`;
+}
+
+function commText(buf: Buffer, at: number): string {
+  let end = at;
+  while (end < at + COMM_LEN && buf[end] !== 0) end++;
+  return buf.toString('utf8', at, end);
+}
+
+/** Decodes `count` packed records (bpf/tcpaudit.h) from one batch. Pure but for the context. */
+export function decodeBatch(buf: Buffer, count: number, ctx: DecodeContext): TcpEvent[] {
+  if (!Number.isSafeInteger(count) || count < 0 || count * RECORD_SIZE > buf.length) {
+    throw new RecordLayoutError(
+      `batch of ${buf.length} bytes cannot hold ${count} records of ${RECORD_SIZE} bytes`,
+    );
+  }
+  const events: TcpEvent[] = new Array(count);
+
+  for (let i = 0; i < count; i++) {
+    const at = i * RECORD_SIZE;
+    const version = buf.readUInt16LE(at + OFF.version);
+    if (version !== LAYOUT_VERSION) {
+      throw new RecordLayoutError(
+        `record layout version ${version}, this build decodes ${LAYOUT_VERSION}: ` +
+          'rebuild bpf/ and native/ with scripts/setup-capture.sh',
+      );
+    }
+    const af = buf.readUInt16LE(at + OFF.family);
+    if (af !== AF_INET && af !== AF_INET6) {
+      throw new RecordLayoutError(`record ${i}: address family ${af} is neither IPv4 nor IPv6`);
+    }
+    const v4 = af === AF_INET;
+    const addr = v4 ? ipv4Text : ipv6Text;
+
+    events[i] = {
+      seq: Number(buf.readBigUInt64LE(at + OFF.seq)),
+      connId: connectionId(
+        ctx.bootId,
+        buf.readBigUInt64LE(at + OFF.runId),
+        buf.readBigUInt64LE(at + OFF.connId),
+      ),
+      host: ctx.host,
+      bootId: ctx.bootId,
+      timeNs: buf.readBigUInt64LE(at + OFF.tsNs) + ctx.clockOffsetNs,
+      family: v4 ? 4 : 6,
+      localAddr: addr(buf, at + OFF.saddr),
+      localPort: buf.readUInt16LE(at + OFF.sport),
+      remoteAddr: addr(buf, at + OFF.daddr),
+      remotePort: buf.readUInt16LE(at + OFF.dport),
+      oldState: stateName(buf[at + OFF.oldState]),
+      newState: stateName(buf[at + OFF.newState]),
+      pid: buf.readUInt32LE(at + OFF.pid),
+      tid: buf.readUInt32LE(at + OFF.tid),
+      comm: commText(buf, at + OFF.comm),
+      uid: buf.readUInt32LE(at + OFF.uid),
+      netns: buf.readUInt32LE(at + OFF.netns),
+      cgroupId: buf.readBigUInt64LE(at + OFF.cgroupId),
+      bytesSent: buf.readBigUInt64LE(at + OFF.bytesAcked),
+      bytesReceived: buf.readBigUInt64LE(at + OFF.bytesReceived),
+      segsOut: buf.readUInt32LE(at + OFF.segsOut),
+      segsIn: buf.readUInt32LE(at + OFF.segsIn),
+      retransmits: buf.readUInt32LE(at + OFF.totalRetrans),
+      srttUs: buf.readUInt32LE(at + OFF.srttUs),
+    };
+  }
+  return events;
+}
