@@ -1,0 +1,103 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import type { Logger } from '../common/log';
+import { HOST, PORTS, PG_DATABASE, PG_PASSWORD, PG_USER } from './endpoints';
+import { postgresHealthy } from './health';
+import { servicePaths } from './paths';
+import { needSetup, type Service } from './service';
+
+/**
+ * A private PostgreSQL 15 cluster in .tcpaudit/data/postgres, separate from any system cluster.
+ * Debian's pg_ctl wrappers assume /etc/postgresql clusters, so the raw binaries are used.
+ */
+
+const PG_BIN = process.env.TCPAUDIT_PG_BIN ?? '/usr/lib/postgresql/15/bin';
+/** Written after the role and database exist: a data dir without it is a half-done init. */
+const BOOTSTRAPPED = 'tcpaudit-bootstrapped';
+
+const paths = servicePaths('postgres');
+
+/** PostgreSQL refuses to run as root, so as root we drop to the `postgres` OS user. */
+function asServerUser(command: string, args: string[]): { command: string; args: string[] } {
+  if (process.getuid?.() !== 0) return { command, args };
+  const drop = ['--reuid=postgres', '--regid=postgres', '--init-groups', '--'];
+  // setpriv execs in place (unlike runuser, which forks), so our pid is the postmaster's.
+  return { command: 'setpriv', args: [...drop, command, ...args] };
+}
+
+function run(command: string, args: string[], input?: string): void {
+  const cmd = asServerUser(command, args);
+  const res = spawnSync(cmd.command, cmd.args, {
+    cwd: path.dirname(paths.dataDir),
+    input,
+    encoding: 'utf8',
+    timeout: 120_000,
+  });
+  if (res.error) throw new Error(`${path.basename(command)} failed: ${res.error.message}`);
+  if (res.status !== 0) {
+    const out = `${res.stdout ?? ''}${res.stderr ?? ''}`.trim().split('\n').slice(-10).join('\n');
+    throw new Error(`${path.basename(command)} exited ${res.status}:\n${out}`);
+  }
+}
+
+/** Only loopback, only TCP, only passwords: the cluster trusts nobody, not even local users. */
+const HBA = `# Written by stack/postgres.ts: TCP from loopback with SCRAM passwords, nothing else.
+host all all 127.0.0.1/32 scram-sha-256
+`;
+
+const CONF = `
+# Added by stack/postgres.ts. No Unix socket: /var/run/postgresql belongs to the system cluster.
+listen_addresses = '${HOST}'
+port = ${PORTS.postgres}
+unix_socket_directories = ''
+password_encryption = 'scram-sha-256'
+`;
+
+async function initCluster(log: Logger): Promise<void> {
+  const dir = paths.dataDir;
+  fs.rmSync(dir, { recursive: true, force: true });
+  // The parent must be traversable by the postgres user; the cluster dir itself is 0700.
+  fs.mkdirSync(path.dirname(dir), { recursive: true, mode: 0o755 });
+  fs.mkdirSync(dir, { mode: 0o700 });
+  if (process.getuid?.() === 0) {
+    const owner = spawnSync('chown', ['postgres:postgres', dir], { encoding: 'utf8' });
+    if (owner.status !== 0) throw new Error(`chown of ${dir} failed: ${owner.stderr}`);
+  }
+  log.info('postgres initdb', { dataDir: dir });
+  // trust is only for initdb's own bootstrap; pg_hba.conf is replaced right after.
+  run(path.join(PG_BIN, 'initdb'), ['-D', dir, '-U', 'postgres', '-E', 'UTF8', '--no-locale',
+    '-A', 'trust']);
+  fs.writeFileSync(path.join(dir, 'pg_hba.conf'), HBA);
+  fs.appendFileSync(path.join(dir, 'postgresql.conf'), CONF);
+  // Single-user mode creates the role without ever opening a port with trust auth.
+  // Role and password are fixed identifiers, so plain interpolation is safe here.
+  const sql = [
+    `CREATE ROLE ${PG_USER} LOGIN CREATEDB PASSWORD '${PG_PASSWORD}';`,
+    `CREATE DATABASE ${PG_DATABASE} OWNER ${PG_USER};`,
+  ].join('\n');
+  run(path.join(PG_BIN, 'postgres'), ['--single', '-D', dir, '-c', 'exit_on_error=on',
+    'postgres'], `${sql}\n`);
+  fs.writeFileSync(path.join(dir, BOOTSTRAPPED), `${new Date().toISOString()}\n`);
+}
+
+export const postgres: Service = {
+  name: 'postgres',
+  port: PORTS.postgres,
+  ports: [PORTS.postgres],
+  paths,
+  marker: paths.dataDir,
+  stopSignal: 'SIGINT',
+  startTimeoutMs: 30_000,
+  async prepare(log) {
+    const server = path.join(PG_BIN, 'postgres');
+    if (!fs.existsSync(server)) throw needSetup(`PostgreSQL 15 server (${server})`);
+    if (!fs.existsSync(path.join(paths.dataDir, BOOTSTRAPPED))) await initCluster(log);
+    // A crash leaves postmaster.pid behind; PostgreSQL checks it is stale by itself.
+  },
+  launch() {
+    const cmd = asServerUser(path.join(PG_BIN, 'postgres'), ['-D', paths.dataDir]);
+    return { ...cmd, cwd: path.dirname(paths.dataDir), logFile: paths.logFile };
+  },
+  probe: postgresHealthy,
+};
