@@ -117,7 +117,7 @@ export function validateRingBytes(value: unknown): number {
     (n & (n - 1)) !== 0
   ) {
     throw new RangeError(
-      `ringBytes must be a power of two between ${PAGE_SIZE} and ${MAX_RING_BYTES}, got ${String(n)}`,
+      `ringBytes must be a power of two from ${PAGE_SIZE} to ${MAX_RING_BYTES}, got ${String(n)}`,
     );
   }
   return n;

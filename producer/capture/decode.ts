@@ -40,7 +40,8 @@ export function defaultContext(clockOffsetNs: bigint): DecodeContext {
  * across reboots. Unique per host; add the host name for a fleet-wide key.
  */
 export function connectionId(bootIdText: string, runId: bigint, counter: bigint): string {
-  return `${bootIdText.replace(/-/g, '').slice(0, 8)}-${runId.toString(16)}-${counter.toString(16)}`;
+  const boot = bootIdText.replace(/-/g, '').slice(0, 8);
+  return `${boot}-${runId.toString(16)}-${counter.toString(16)}`;
 }
 
 function commText(buf: Buffer, at: number): string {
