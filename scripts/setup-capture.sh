@@ -16,6 +16,7 @@ needed=(
 	"pkg-config:/usr/bin/pkg-config"
 	"make:/usr/bin/make"
 	"g++:/usr/bin/g++"
+	"python3:/usr/bin/python3" # node-gyp runs gyp with it
 )
 
 missing=()
@@ -37,7 +38,7 @@ if ((${#missing[@]} > 0)); then
 fi
 
 # BPF object and vmlinux.h; make decides what is stale.
-make -s -C "$root/bpf"
+make -s --no-print-directory -C "$root/bpf"
 
 # The addon: node-gyp must never fetch headers, so point it at the system's Node headers.
 addon="$root/native/build/Release/tcpaudit.node"
