@@ -34,7 +34,10 @@ export interface CaptureStats {
   events: number;
   /** Records that failed to decode (their batch is reported through onError). */
   decodeFailed: number;
-  /** Sequence numbers never seen: (highest seq + 1) - records decoded. Counts every loss. */
+  /**
+   * Sequence numbers below the highest one seen that never arrived: (highest + 1) - received.
+   * A lower bound (losses after the last delivered event do not show); use with kernelLost.
+   */
   seqMissing: number;
 }
 
@@ -88,6 +91,9 @@ export function bpfObjectPath(home = captureHome()): string {
 }
 
 let addon: NativeAddon | undefined;
+// Running captures, so that one whose handle was dropped is not collected (and silently
+// stopped by the addon's finalizer) while its program is still attached.
+const running = new Set<NativeCapture>();
 
 function loadAddon(): NativeAddon {
   if (addon) return addon;
@@ -169,6 +175,7 @@ export function startCapture(options: CaptureOptions): CaptureHandle {
   const capture = new native.Capture(bpfObjectPath(), { ringBytes, libbpfVerbose }, onBatch, () =>
     closed(),
   );
+  running.add(capture);
   let stopping: Promise<void> | undefined;
 
   return {
@@ -179,7 +186,7 @@ export function startCapture(options: CaptureOptions): CaptureHandle {
       seqMissing: highestSeq + 1 - decoded - decodeFailed,
     }),
     stop: () => {
-      stopping ??= (capture.close(), done);
+      stopping ??= (capture.close(), running.delete(capture), done);
       return stopping;
     },
   };
