@@ -1,6 +1,11 @@
 import { parseArgs } from 'node:util';
 import type { TcpEvent } from '../common/event';
-import { DEFAULT_RING_BYTES, startCapture, type CaptureStats } from '../producer/capture/capture';
+import {
+  DEFAULT_RING_BYTES,
+  startCapture,
+  validateRingBytes,
+  type CaptureStats,
+} from '../producer/capture/capture';
 import { UsageError, positiveInt, untilSignal } from './options';
 
 const HELP = `Usage: tcpaudit capture [options]
@@ -50,6 +55,11 @@ export async function runCapture(argv: string[]): Promise<number> {
     return 0;
   }
   const ringBytes = positiveInt(values['ring-bytes'], '--ring-bytes');
+  try {
+    validateRingBytes(ringBytes);
+  } catch (err) {
+    throw new UsageError(`--ring-bytes: ${(err as Error).message}`);
+  }
   const ports = parsePorts(values.port);
 
   let printDropped = 0;
