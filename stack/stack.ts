@@ -1,3 +1,4 @@
+import path from 'node:path';
 import { createLogger, type Logger } from '../common/log';
 import { HOST, stackEnv, type StackEnv } from './endpoints';
 import { kafka } from './kafka';
@@ -5,6 +6,8 @@ import { postgres } from './postgres';
 import {
   logTail, ownedPid, portInUse, removePid, sleep, spawnDetached, stopPid, writePid,
 } from './process';
+import { withLock } from './lock';
+import { stackHome } from './paths';
 import { registry } from './registry';
 import type { Service, ServiceName } from './service';
 
@@ -28,6 +31,10 @@ export interface ServiceStatus {
   healthy: boolean;
   logFile: string;
 }
+
+/** Longest a command waits for another process's `up`/`down` (a cold up takes ~15 s). */
+const LOCK_WAIT_MS = 240_000;
+const lockFile = () => path.join(stackHome(), 'run', 'stack.lock');
 
 function pick(opts: StackOptions): Service[] {
   const names = opts.services;
@@ -97,7 +104,8 @@ async function startOne(svc: Service, log: Logger): Promise<void> {
 export async function stackUp(opts: StackOptions = {}): Promise<StackEnv> {
   const log = opts.log ?? createLogger('stack');
   const services = pick(opts);
-  const results = await Promise.allSettled(services.map((s) => startOne(s, log)));
+  const results = await withLock(lockFile(), LOCK_WAIT_MS,
+    () => Promise.allSettled(services.map((s) => startOne(s, log))));
   const failures = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as Error] : []));
   for (const err of failures) log.error('service failed to start', { error: err.message });
   if (failures.length > 0) {
@@ -109,7 +117,8 @@ export async function stackUp(opts: StackOptions = {}): Promise<StackEnv> {
 /** Stops the services this stack started (per its pid files), keeping their data. */
 export async function stackDown(opts: StackOptions = {}): Promise<void> {
   const log = opts.log ?? createLogger('stack');
-  await Promise.all(pick(opts).map(async (svc) => {
+  const services = pick(opts);
+  await withLock(lockFile(), LOCK_WAIT_MS, () => Promise.all(services.map(async (svc) => {
     const pid = ownedPid(svc.paths.pidFile, svc.marker);
     if (pid === null) {
       removePid(svc.paths.pidFile);
@@ -119,7 +128,7 @@ export async function stackDown(opts: StackOptions = {}): Promise<void> {
     const how = await stopPid(pid, svc.stopSignal, 30_000);
     removePid(svc.paths.pidFile);
     log.info(`${svc.name} ${how}`, { pid });
-  }));
+  })));
 }
 
 export async function stackStatus(opts: StackOptions = {}): Promise<ServiceStatus[]> {
