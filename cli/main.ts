@@ -16,15 +16,15 @@ type Command = (argv: string[]) => Promise<number>;
 
 // Loaded on demand: "tcpaudit process" has no need of the native capture addon, and vice versa.
 const COMMANDS: Record<string, () => Command> = {
-  stack: () => require('../stack/cli').runStackCommand,
+  stack: () => require('../stack').runStackCommand,
   capture: () => require('./capture').runCapture,
   produce: () => require('./produce').runProduce,
   process: () => require('./process').runProcess,
 };
 
 function isUsageError(err: unknown): boolean {
-  const code = (err as { code?: string }).code ?? '';
-  return err instanceof UsageError || code.startsWith('ERR_PARSE_ARGS');
+  const code = (err as { code?: unknown }).code;
+  return err instanceof UsageError || (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS'));
 }
 
 export async function main(argv: string[]): Promise<number> {
