@@ -4,12 +4,12 @@
 #   - Kafka broker jars and the Apicurio schema registry from Maven Central into .tcpaudit/
 #     (git-ignored), at the versions pinned in stack/kafka/pom.xml and stack/registry/pom.xml.
 # Idempotent: each step is skipped when its result is present and its pin is unchanged,
-# so a second run takes about a second. Run as root (CI) or as a user with sudo-less apt
-# already satisfied.
+# so a second run takes well under a second. Needs root only when apt has something to install.
+# TCPAUDIT_STACK_DIR moves .tcpaudit/ elsewhere, as it does for stack/paths.ts.
 set -euo pipefail
 
 ROOT="${TCPAUDIT_HOME:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
-HOME_DIR="$ROOT/.tcpaudit"
+HOME_DIR="${TCPAUDIT_STACK_DIR:-$ROOT/.tcpaudit}"
 PG_BIN=/usr/lib/postgresql/15/bin
 
 log() { printf '{"level":"info","component":"setup-stack","msg":"%s"}\n' "$*" >&2; }

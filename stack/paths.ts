@@ -4,10 +4,11 @@ import { repoRoot } from '../common/paths';
 /**
  * Where the local stack keeps everything it owns: all under the git-ignored `.tcpaudit/` at the
  * repo root, so `rm -rf .tcpaudit` is a full reset and nothing leaks into the system's own
- * PostgreSQL cluster or /var.
+ * PostgreSQL cluster or /var. TCPAUDIT_STACK_DIR moves it, e.g. when the checkout sits below
+ * a folder the `postgres` OS user cannot enter (setup-stack.sh honours it too).
  */
 export function stackHome(): string {
-  return path.join(repoRoot(), '.tcpaudit');
+  return process.env.TCPAUDIT_STACK_DIR ?? path.join(repoRoot(), '.tcpaudit');
 }
 
 export interface ServicePaths {

@@ -54,11 +54,28 @@ unix_socket_directories = ''
 password_encryption = 'scram-sha-256'
 `;
 
+/**
+ * As root the server runs as `postgres`, which must be able to enter every folder above its
+ * data dir. Checked up front: initdb's own "Permission denied" does not say what to do.
+ */
+function checkTraversable(dir: string): void {
+  if (process.getuid?.() !== 0) return;
+  for (let d = path.dirname(dir); d !== path.dirname(d); d = path.dirname(d)) {
+    if ((fs.statSync(d).mode & 0o001) === 0) {
+      throw new Error(`the postgres OS user cannot enter ${d} (mode ` +
+        `${(fs.statSync(d).mode & 0o777).toString(8)}): chmod o+x it, or set TCPAUDIT_STACK_DIR ` +
+        'to a folder it can reach');
+    }
+  }
+}
+
 async function initCluster(log: Logger): Promise<void> {
   const dir = paths.dataDir;
   fs.rmSync(dir, { recursive: true, force: true });
-  // The parent must be traversable by the postgres user; the cluster dir itself is 0700.
-  fs.mkdirSync(path.dirname(dir), { recursive: true, mode: 0o755 });
+  fs.mkdirSync(path.dirname(dir), { recursive: true });
+  // Our own folders: open them to traversal whatever the umask was (the cluster stays 0700).
+  for (const d of [path.dirname(path.dirname(dir)), path.dirname(dir)]) fs.chmodSync(d, 0o755);
+  checkTraversable(dir);
   fs.mkdirSync(dir, { mode: 0o700 });
   if (process.getuid?.() === 0) {
     const owner = spawnSync('chown', ['postgres:postgres', dir], { encoding: 'utf8' });

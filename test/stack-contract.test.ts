@@ -135,6 +135,8 @@ test('kafka: 3 partitions, idempotent acks=-1 producer, consumer group', { timeo
   const kafka = new Kafka({
     clientId: 'tcpaudit-stack-contract',
     brokers: endpoints.brokers,
+    // ERROR, not NOTHING: right after a cold start kafkajs logs "coordinator is loading" once
+    // or twice and retries by itself; anything else here is worth seeing.
     logLevel: logLevel.ERROR,
   });
   const topic = unique('tcpaudit.contract');
