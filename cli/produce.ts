@@ -45,7 +45,7 @@ export async function runProduce(argv: string[]): Promise<number> {
   const kafka = kafkaSettings(values, 'tcpaudit-producer');
   const { url } = registrySettings(values);
 
-  const schema = await registerValueSchema(createRegistry(url), kafka.topic);
+  const schema = await registerValueSchema(createRegistry(url), url, kafka.topic);
   log.info('schema registered', { subject: valueSubject(kafka.topic), schemaId: schema.id });
   const publisher = new Publisher({
     ...kafka,

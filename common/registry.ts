@@ -31,14 +31,35 @@ export interface RegisteredValueSchema {
  */
 export async function registerValueSchema(
   registry: SchemaRegistry,
+  registryUrl: string,
   topic: string,
 ): Promise<RegisteredValueSchema> {
   const { text, type } = loadValueSchema();
+  await setCompatibility(registryUrl, valueSubject(topic), COMPATIBILITY.BACKWARD);
   const { id } = await registry.register(
     { type: SchemaType.AVRO, schema: text },
     { subject: valueSubject(topic), compatibility: COMPATIBILITY.BACKWARD },
   );
   return { id, type };
+}
+
+/**
+ * Sets a subject's compatibility level before the client registers under it. The client checks
+ * GET /config/{subject} and insists on 404 or its own level: Apicurio answers a subject with no
+ * level of its own with 200 and the global level, which the client would take as a mismatch.
+ */
+export async function setCompatibility(registryUrl: string, subject: string, level: string) {
+  const url = `${registryUrl}/config/${encodeURIComponent(subject)}`;
+  const response = await fetch(url, {
+    method: 'PUT',
+    headers: { 'Content-Type': 'application/vnd.schemaregistry.v1+json' },
+    body: JSON.stringify({ compatibility: level }),
+  });
+  if (!response.ok) {
+    const body = await response.text().catch(() => '');
+    throw new Error(`schema registry refused compatibility ${level} for ${subject}: ` +
+      `${response.status} ${body.slice(0, 200)}`);
+  }
 }
 
 /** Confluent wire format: magic byte 0, the schema id as a 4-byte big-endian int, the payload. */

@@ -144,7 +144,7 @@ for (const host of ['127.0.0.1', '::1']) {
       listener(b),
       listener(closed),
       {
-        role: 'outbound', outcome: 'refused', local_port: 0, remote_port: closed, ...py(refused),
+        role: 'outbound', outcome: 'refused', local_port: refused.local_port, remote_port: closed, ...py(refused),
         states: ['CLOSED', 'SYN-SENT', 'CLOSED'], closed_by: null, close_kind: null,
       },
       {

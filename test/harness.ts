@@ -35,7 +35,7 @@ function dockerAnswers(): boolean {
 }
 
 async function native(): Promise<Endpoints> {
-  const stack = await import('../stack/stack');
+  const stack = await import('../stack');
   await stack.stackUp();
   const env = stack.stackEnv() as unknown as Record<string, string>;
   return { source: 'native', env: Object.fromEntries(Object.entries(env).map(([k, v]) => [k, String(v)])), stop: async () => undefined };
