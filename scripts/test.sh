@@ -8,4 +8,4 @@ cd "$root"
 
 # Files one at a time: the capture tests and the end-to-end test watch the same kernel
 # tracepoint, and the machines this runs on have two cores.
-exec node --test --test-concurrency=1 --test-reporter=spec dist/test/
+exec node --test --test-concurrency=1 --test-reporter=spec dist/test/*.test.js
