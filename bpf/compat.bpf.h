@@ -4,6 +4,7 @@
 #define TCPAUDIT_COMPAT_BPF_H
 
 #include "vmlinux.h"
+#include <bpf/bpf_core_read.h>
 
 /*
  * Is this transition running in the socket owner's task context?
@@ -30,6 +31,26 @@ static __always_inline bool tcpaudit_syscall_transition(int oldstate, int newsta
 	default:
 		return false;
 	}
+}
+
+/*
+ * sk_flags: a member of struct sock in older kernels, a #define for __sk_common.skc_flags in
+ * newer ones (6.18 has only skc_flags in its BTF). The ___old flavour lets CO-RE pick
+ * whichever the running kernel has. XXX: the commit that moved it was not looked up.
+ */
+struct sock___old {
+	unsigned long sk_flags;
+} __attribute__((preserve_access_index));
+
+static __always_inline unsigned long tcpaudit_sk_flags(const struct sock *sk)
+{
+	const struct sock___old *old = (const void *)sk;
+
+	if (bpf_core_field_exists(sk->__sk_common.skc_flags))
+		return BPF_CORE_READ(sk, __sk_common.skc_flags);
+	if (bpf_core_field_exists(old->sk_flags))
+		return BPF_CORE_READ(old, sk_flags);
+	return 0;
 }
 
 #endif /* TCPAUDIT_COMPAT_BPF_H */

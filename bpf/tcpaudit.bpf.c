@@ -14,6 +14,9 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
+/* include/net/sock.h */
+#define RCV_SHUTDOWN 1
+#define SEND_SHUTDOWN 2
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -22,7 +25,18 @@ const volatile __u64 run_id = 0;
 /* Ring size in bytes; past half full we wake the consumer instead of waiting for its timer. */
 const volatile __u64 ring_bytes = 0;
 
-/* Per-load counters; seq is taken for every event so that gaps show lost records. */
+/*
+ * Load-time filters (0 / empty: no filter). An event is kept when its socket is in
+ * filter_netns, either port is in filter_ports, and either address is in filter_cidrs.
+ * Filtered events take no sequence number, so a gap still means a lost record.
+ */
+const volatile __u32 filter_netns = 0;
+const volatile __u32 filter_port_count = 0;
+const volatile __u16 filter_ports[TCPAUDIT_MAX_PORTS] = {};
+const volatile __u32 filter_cidr_count = 0;
+const volatile struct tcpaudit_cidr filter_cidrs[TCPAUDIT_MAX_CIDRS] = {};
+
+/* Per-load counters; seq is taken for every kept event so that gaps show lost records. */
 __u64 next_seq = 0;
 __u64 next_conn = 0;
 
@@ -35,8 +49,12 @@ struct sock_info {
 	__u32 uid;
 	__u32 netns;
 	__u8 proc_source;
-	__u8 pad[7];
+	__u8 active;    /* opened by connect(): its SYN counts in bytes_acked */
+	__u8 pad[6];
 	char comm[TCPAUDIT_COMM_LEN];
+	__u64 sock_inode; /* remembered: the file is gone by the time an orphan closes */
+	__u32 sock_uid;
+	__u32 sock_gid;
 };
 
 struct listener_key {
@@ -111,13 +129,14 @@ static __always_inline void birth(struct sock_info *info, const struct sock *sk,
 
 	/* connect() and listen() run in the owner's context */
 	if (oldstate == TCP_CLOSE && (newstate == TCP_SYN_SENT || newstate == TCP_LISTEN)) {
+		info->active = newstate == TCP_SYN_SENT;
 		fill_current(info, TCPAUDIT_PROC_OWNER);
 		return;
 	}
 
 	/* passive open: the child is born in softirq, the listener knows its owner */
+	listener = bpf_map_lookup_elem(&listeners, &lkey);
 	if (newstate == TCP_SYN_RECV || oldstate == TCP_SYN_RECV || oldstate == TCP_NEW_SYN_RECV) {
-		listener = bpf_map_lookup_elem(&listeners, &lkey);
 		if (listener) {
 			info->pid = listener->pid;
 			info->tid = listener->tid;
@@ -129,38 +148,151 @@ static __always_inline void birth(struct sock_info *info, const struct sock *sk,
 		}
 	}
 
-	/* a socket that predates us: current is only meaningful in the owner's syscall */
+	/* a socket that predates us: a listener on its port says it was accepted, not opened */
+	info->active = !listener;
+
+	/* current is only meaningful in the owner's syscall */
 	if (tcpaudit_syscall_transition(oldstate, newstate))
 		fill_current(info, TCPAUDIT_PROC_CURRENT);
 }
 
 /* explicit sizes: the record's 16-byte arrays hold 4-byte IPv4 addresses too */
-static __always_inline void read_addrs(struct tcpaudit_event *e, const struct sock *sk)
+static __always_inline void read_addrs(__u8 *saddr, __u8 *daddr, __u16 family,
+				       const struct sock *sk)
 {
-	if (e->family == AF_INET) {
-		bpf_core_read(e->saddr, 4, &sk->__sk_common.skc_rcv_saddr);
-		bpf_core_read(e->daddr, 4, &sk->__sk_common.skc_daddr);
+	if (family == AF_INET) {
+		bpf_core_read(saddr, 4, &sk->__sk_common.skc_rcv_saddr);
+		bpf_core_read(daddr, 4, &sk->__sk_common.skc_daddr);
 	} else {
-		bpf_core_read(e->saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
-		bpf_core_read(e->daddr, 16, &sk->__sk_common.skc_v6_daddr);
+		bpf_core_read(saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(daddr, 16, &sk->__sk_common.skc_v6_daddr);
 	}
 }
 
-static __always_inline void read_counters(struct tcpaudit_event *e, const struct sock *sk)
+/*
+ * Payload bytes. bytes_acked and bytes_received count sequence space, so they include the SYN
+ * (an active opener's, acked before any data), our FIN once acked and the peer's FIN once
+ * received; a passive child's snd_una starts past its SYN-ACK. bytes_sent has no SYN or FIN
+ * but counts retransmissions, so we subtract instead. The FIN is in write_seq from the moment
+ * tcp_send_fin() queues it, which is after the transition into FIN-WAIT-1 or LAST-ACK: only
+ * later transitions may find it acknowledged. The peer's FIN sets SOCK_DONE (tcp_fin()),
+ * after bytes_received has counted it; RCV_SHUTDOWN alone would also be set by close().
+ */
+static __always_inline void read_counters(struct tcpaudit_event *e, const struct sock *sk,
+					  const struct sock_info *info, int oldstate)
 {
 	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+	__u64 acked = 0, received = 0;
+	bool fin_sent;
 
 	/* all present since v4.2; guarded so an unusual build fails soft, not at load */
 	if (bpf_core_field_exists(tp->bytes_acked))
-		e->bytes_acked = BPF_CORE_READ(tp, bytes_acked);
+		acked = BPF_CORE_READ(tp, bytes_acked);
 	if (bpf_core_field_exists(tp->bytes_received))
-		e->bytes_received = BPF_CORE_READ(tp, bytes_received);
+		received = BPF_CORE_READ(tp, bytes_received);
 	if (bpf_core_field_exists(tp->segs_out))
 		e->segs_out = BPF_CORE_READ(tp, segs_out);
 	if (bpf_core_field_exists(tp->segs_in))
 		e->segs_in = BPF_CORE_READ(tp, segs_in);
 	e->total_retrans = BPF_CORE_READ(tp, total_retrans);
 	e->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
+
+	if (info->active && acked > 0)
+		acked--;
+
+	fin_sent = oldstate == TCP_FIN_WAIT1 || oldstate == TCP_FIN_WAIT2 ||
+		   oldstate == TCP_CLOSING || oldstate == TCP_LAST_ACK;
+	if (fin_sent && acked > 0 && (BPF_CORE_READ(sk, sk_shutdown) & SEND_SHUTDOWN) &&
+	    BPF_CORE_READ(tp, snd_una) == BPF_CORE_READ(tp, write_seq))
+		acked--;
+
+	if (received > 0 && (tcpaudit_sk_flags(sk) & (1UL << SOCK_DONE)))
+		received--;
+
+	e->bytes_sent = acked;
+	e->bytes_received = received;
+}
+
+/* Socket file identity: inode, and the fsgid of whoever opened it; 0 without a file. */
+static __always_inline void read_identity(struct sock_info *info, const struct sock *sk)
+{
+	struct socket *sock;
+	struct file *file;
+
+	if (bpf_core_field_exists(sk->sk_uid))
+		info->sock_uid = BPF_CORE_READ(sk, sk_uid.val);
+	if (info->sock_inode)
+		return;
+
+	sock = BPF_CORE_READ(sk, sk_socket);
+	if (!sock)
+		return;
+	file = BPF_CORE_READ(sock, file);
+	if (!file)
+		return;
+	info->sock_inode = BPF_CORE_READ(file, f_inode, i_ino);
+	if (bpf_core_field_exists(file->f_cred))
+		info->sock_gid = BPF_CORE_READ(file, f_cred, fsgid.val);
+}
+
+static __always_inline bool addr_in_cidr(const __u8 *addr, const volatile struct tcpaudit_cidr *c,
+					 int len)
+{
+	__u32 prefix = c->prefix;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < 16; i++) {
+		if (i >= len || prefix == 0)
+			break;
+		__u8 mask;
+
+		if (prefix >= 8)
+			mask = 0xff;
+		else
+			mask = (__u8)(0xff << (8 - prefix));
+		if ((addr[i] & mask) != (c->addr[i] & mask))
+			return false;
+		prefix = prefix >= 8 ? prefix - 8 : 0;
+	}
+	return true;
+}
+
+/* IPv4 CIDRs also match v4-mapped IPv6 addresses (a dual-stack socket's IPv4 peers). */
+static __always_inline bool addr_wanted(const __u8 *addr, __u16 family)
+{
+	bool mapped = family == AF_INET6 && *(const __u64 *)addr == 0 &&
+		      *(const __u32 *)(addr + 8) == bpf_htonl(0xffff);
+	const __u8 *v4 = mapped ? addr + 12 : addr;
+	bool has_v4 = family == AF_INET || mapped;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < TCPAUDIT_MAX_CIDRS; i++) {
+		if (i >= filter_cidr_count)
+			break;
+		if (filter_cidrs[i].family == AF_INET6 && family == AF_INET6 &&
+		    addr_in_cidr(addr, &filter_cidrs[i], 16))
+			return true;
+		if (filter_cidrs[i].family == AF_INET && has_v4 &&
+		    addr_in_cidr(v4, &filter_cidrs[i], 4))
+			return true;
+	}
+	return false;
+}
+
+static __always_inline bool port_wanted(__u16 sport, __u16 dport)
+{
+	int i;
+
+#pragma unroll
+	for (i = 0; i < TCPAUDIT_MAX_PORTS; i++) {
+		if (i >= filter_port_count)
+			break;
+		if (filter_ports[i] == sport || filter_ports[i] == dport)
+			return true;
+	}
+	return false;
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -170,7 +302,7 @@ int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate
 	struct tcpaudit_event *e;
 	__u64 key = (__u64)sk;
 	__u64 seq, avail;
-	__u16 family, sport;
+	__u16 family, sport, dport;
 	__u32 netns;
 
 	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
@@ -180,16 +312,24 @@ int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
 
+	netns = sock_netns(sk);
+	if (filter_netns && netns != filter_netns)
+		return 0;
+
 	/* inet_sport like the tracepoint itself: skc_num is already 0 on some paths to CLOSE */
 	sport = bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
-	netns = sock_netns(sk);
+	dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 
+	/* bookkeeping for every socket, kept or not: its owner and identity must be right */
 	info = bpf_map_lookup_elem(&socks, &key);
 	if (!info) {
 		birth(&fresh, sk, netns, sport, oldstate, newstate);
+		read_identity(&fresh, sk);
 		if (newstate != TCP_CLOSE && bpf_map_update_elem(&socks, &key, &fresh, BPF_ANY))
 			count_loss(TCPAUDIT_LOSS_SOCK_MAP);
 		info = &fresh;
+	} else {
+		read_identity(info, sk);
 	}
 
 	if (newstate == TCP_LISTEN) {
@@ -197,6 +337,17 @@ int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate
 
 		if (bpf_map_update_elem(&listeners, &lkey, info, BPF_ANY))
 			count_loss(TCPAUDIT_LOSS_LISTENER_MAP);
+	}
+
+	if (filter_port_count && !port_wanted(sport, dport))
+		goto out;
+
+	if (filter_cidr_count) {
+		__u8 saddr[16] = {}, daddr[16] = {};
+
+		read_addrs(saddr, daddr, family, sk);
+		if (!addr_wanted(saddr, family) && !addr_wanted(daddr, family))
+			goto out;
 	}
 
 	/* taken before the reserve so that a failed reserve leaves a visible gap */
@@ -221,14 +372,17 @@ int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate
 	e->netns = info->netns;
 	e->proc_source = info->proc_source;
 	__builtin_memcpy(e->comm, info->comm, sizeof(e->comm));
+	e->sock_inode = info->sock_inode;
+	e->sock_uid = info->sock_uid;
+	e->sock_gid = info->sock_gid;
 	e->version = TCPAUDIT_LAYOUT_VERSION;
 	e->family = family;
 	e->sport = sport;
-	e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	e->dport = dport;
 	e->oldstate = oldstate;
 	e->newstate = newstate;
-	read_addrs(e, sk);
-	read_counters(e, sk);
+	read_addrs(e->saddr, e->daddr, family, sk);
+	read_counters(e, sk, info, oldstate);
 
 	/* no wake-up per event (the consumer drains on a timer) unless the ring fills up */
 	avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);

@@ -11,9 +11,21 @@
 #include <linux/types.h>
 #endif
 
-#define TCPAUDIT_LAYOUT_VERSION 1
+#define TCPAUDIT_LAYOUT_VERSION 2
 #define TCPAUDIT_COMM_LEN 16
-#define TCPAUDIT_RECORD_SIZE 160
+
+/* Load-time filter limits (the const volatile filter_* arrays in tcpaudit.bpf.c). */
+#define TCPAUDIT_MAX_PORTS 8
+#define TCPAUDIT_MAX_CIDRS 4
+
+/* One CIDR of filter_cidrs: network-order address (IPv4 in the first 4 bytes), prefix length. */
+struct tcpaudit_cidr {
+	__u8 addr[16];
+	__u16 family; /* AF_INET or AF_INET6; 0 ends the list */
+	__u16 prefix;
+	__u32 pad;
+};
+#define TCPAUDIT_RECORD_SIZE 168
 
 /* Where the process fields of a record came from (tcpaudit_event.proc_source). */
 enum tcpaudit_proc_source {
@@ -41,8 +53,8 @@ struct tcpaudit_event {
 	__u64 run_id;         /* 16: per-load id chosen by the loader, part of the conn id */
 	__u64 conn_id;        /* 24: per-load counter assigned at first sight of a socket */
 	__u64 cgroup_id;      /* 32 */
-	__u64 bytes_acked;    /* 40: tcp_sock.bytes_acked, i.e. bytes sent and acknowledged */
-	__u64 bytes_received; /* 48 */
+	__u64 bytes_sent;     /* 40: payload bytes sent and acknowledged (no SYN, no FIN) */
+	__u64 bytes_received; /* 48: payload bytes received in order (no SYN, no FIN) */
 	__u8 saddr[16];       /* 56: IPv4 uses the first 4 bytes, network order */
 	__u8 daddr[16];       /* 72 */
 	__u32 pid;            /* 88: tgid */
@@ -62,7 +74,9 @@ struct tcpaudit_event {
 	__u8 proc_source;     /* 130: enum tcpaudit_proc_source */
 	__u8 pad0[5];         /* 131 */
 	char comm[TCPAUDIT_COMM_LEN]; /* 136 */
-	__u8 pad1[8];         /* 152: keeps the size a multiple of 8 */
+	__u64 sock_inode;     /* 152: inode of the socket's file; 0 until it has one */
+	__u32 sock_uid;       /* 160: sk->sk_uid, the socket's owner for routing and netfilter */
+	__u32 sock_gid;       /* 164: fsgid of the credentials that opened the socket's file */
 };
 
 #ifdef __cplusplus

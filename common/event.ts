@@ -50,11 +50,24 @@ export interface TcpEvent {
   uid: number;
   netns: number;
   cgroupId: bigint;
-  /** Counters read from the kernel's tcp_sock at this transition. */
+  /**
+   * Payload bytes at this transition: sent and acknowledged by the peer, and received in
+   * order. SYN and FIN sequence space is not counted; retransmitted bytes count once.
+   */
   bytesSent: bigint;
   bytesReceived: bigint;
   segsOut: number;
   segsIn: number;
   retransmits: number;
   srttUs: number;
+  /**
+   * Inode of the socket's file (as in /proc/<pid>/fd -> socket:[inode] and `ss -e`); 0 while
+   * the socket has no file (a passive child before accept()). Remembered once seen, so an
+   * orphaned socket closing after close() still reports it. Inodes fit a double exactly.
+   */
+  sockInode: number;
+  /** sk->sk_uid: the user owning the socket (routing and netfilter owner match). */
+  sockUid: number;
+  /** fsgid of the credentials that opened the socket's file; 0 with no file. */
+  sockGid: number;
 }

@@ -4,6 +4,7 @@
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdarg>
@@ -12,9 +13,6 @@
 #include <stdexcept>
 #include <vector>
 
-extern "C" {
-#include "tcpaudit.h"
-}
 
 static std::atomic<bool> gVerbose{false};
 
@@ -41,7 +39,7 @@ static std::runtime_error failure(const std::string &what, int err) {
   return std::runtime_error(msg);
 }
 
-BpfSession::BpfSession(const std::string &objectPath, uint64_t ringBytes, uint64_t runId) {
+BpfSession::BpfSession(const std::string &objectPath, const SessionConfig &config) {
   try {
     mObj = bpf_object__open_file(objectPath.c_str(), nullptr);
     if (!mObj) {
@@ -54,11 +52,11 @@ BpfSession::BpfSession(const std::string &objectPath, uint64_t ringBytes, uint64
     if (!events || !mLosses) {
       throw std::runtime_error("failed to find maps in " + objectPath + ": wrong object?");
     }
-    int err = bpf_map__set_max_entries(events, static_cast<uint32_t>(ringBytes));
+    int err = bpf_map__set_max_entries(events, static_cast<uint32_t>(config.ringBytes));
     if (err) {
       throw failure("size ring buffer", err);
     }
-    setRodata(ringBytes, runId);
+    setRodata(config);
 
     err = bpf_object__load(mObj);
     if (err) {
@@ -98,8 +96,9 @@ void BpfSession::destroy() {
 }
 
 // Writes the `const volatile` knobs into .rodata before load. Without a skeleton we find
-// each variable's offset through the object's BTF datasec.
-void BpfSession::setRodata(uint64_t ringBytes, uint64_t runId) {
+// each variable's offset through the object's BTF datasec; every knob must be found, with the
+// size this build expects, or the object is not the one this addon was built with.
+void BpfSession::setRodata(const SessionConfig &config) {
   bpf_map *rodata = nullptr;
   bpf_map *map;
   bpf_object__for_each_map(map, mObj) {
@@ -122,26 +121,49 @@ void BpfSession::setRodata(uint64_t ringBytes, uint64_t runId) {
   }
   std::vector<uint8_t> data(initial, initial + size);
 
+  // Arrays are zero-filled past the configured entries; counts say how many are meaningful.
+  uint16_t ports[TCPAUDIT_MAX_PORTS] = {};
+  tcpaudit_cidr cidrs[TCPAUDIT_MAX_CIDRS] = {};
+  uint32_t portCount = static_cast<uint32_t>(config.filterPorts.size());
+  uint32_t cidrCount = static_cast<uint32_t>(config.filterCidrs.size());
+  if (portCount > TCPAUDIT_MAX_PORTS || cidrCount > TCPAUDIT_MAX_CIDRS) {
+    throw std::runtime_error("too many port or address filters");
+  }
+  std::copy(config.filterPorts.begin(), config.filterPorts.end(), ports);
+  std::copy(config.filterCidrs.begin(), config.filterCidrs.end(), cidrs);
+  struct Knob {
+    const char *name;
+    const void *value;
+    size_t size;
+  };
+  const Knob knobs[] = {
+      {"ring_bytes", &config.ringBytes, sizeof(config.ringBytes)},
+      {"run_id", &config.runId, sizeof(config.runId)},
+      {"filter_netns", &config.filterNetns, sizeof(config.filterNetns)},
+      {"filter_port_count", &portCount, sizeof(portCount)},
+      {"filter_ports", ports, sizeof(ports)},
+      {"filter_cidr_count", &cidrCount, sizeof(cidrCount)},
+      {"filter_cidrs", cidrs, sizeof(cidrs)},
+  };
+
   const btf_type *sec = btf__type_by_id(objBtf, secId);
   const btf_var_secinfo *vars = btf_var_secinfos(sec);
-  int found = 0;
+  size_t found = 0;
   for (unsigned i = 0; i < btf_vlen(sec); i++) {
     const btf_type *var = btf__type_by_id(objBtf, vars[i].type);
     const char *name = btf__name_by_offset(objBtf, var->name_off);
-    const uint64_t *value = nullptr;
-    if (strcmp(name, "ring_bytes") == 0) {
-      value = &ringBytes;
-    } else if (strcmp(name, "run_id") == 0) {
-      value = &runId;
+    for (const Knob &knob : knobs) {
+      if (strcmp(name, knob.name) != 0 || vars[i].size != knob.size ||
+          vars[i].offset + knob.size > size) {
+        continue;
+      }
+      memcpy(data.data() + vars[i].offset, knob.value, knob.size);
+      found++;
     }
-    if (!value || vars[i].size != sizeof(*value) || vars[i].offset + 8 > size) {
-      continue;
-    }
-    memcpy(data.data() + vars[i].offset, value, sizeof(*value));
-    found++;
   }
-  if (found != 2) {
-    throw std::runtime_error("failed to set ring_bytes/run_id in BPF object: wrong object?");
+  if (found != sizeof(knobs) / sizeof(knobs[0])) {
+    throw std::runtime_error("failed to set the load-time settings of the BPF object: "
+                             "wrong object? (run scripts/setup-capture.sh)");
   }
   int err = bpf_map__set_initial_value(rodata, data.data(), data.size());
   if (err) {

@@ -4,6 +4,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
+
+extern "C" {
+#include "tcpaudit.h"
+}
 
 struct bpf_object;
 struct bpf_link;
@@ -16,13 +21,22 @@ struct KernelLosses {
   uint64_t listenerMap = 0;
 };
 
+// Load-time settings written into the program's .rodata before load.
+struct SessionConfig {
+  uint64_t ringBytes = 0;
+  uint64_t runId = 0;
+  uint32_t filterNetns = 0;              // 0: every namespace
+  std::vector<uint16_t> filterPorts;     // at most TCPAUDIT_MAX_PORTS; empty: every port
+  std::vector<tcpaudit_cidr> filterCidrs;  // at most TCPAUDIT_MAX_CIDRS; empty: every address
+};
+
 // Owns the BPF object and its attachment.
 // Threads: everything runs on the JS thread; the ring buffer fd is read by the drain thread,
 // which must be joined before the destructor runs.
 class BpfSession {
 public:
   // Opens, configures, loads and attaches; throws std::runtime_error with a clear message.
-  BpfSession(const std::string &objectPath, uint64_t ringBytes, uint64_t runId);
+  BpfSession(const std::string &objectPath, const SessionConfig &config);
   ~BpfSession();
   BpfSession(const BpfSession &) = delete;
   BpfSession &operator=(const BpfSession &) = delete;
@@ -31,7 +45,7 @@ public:
   KernelLosses losses() const;
 
 private:
-  void setRodata(uint64_t ringBytes, uint64_t runId);
+  void setRodata(const SessionConfig &config);
   void destroy();
 
   bpf_object *mObj = nullptr;

@@ -3,6 +3,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -17,6 +18,7 @@ Napi::Function Capture::define(Napi::Env env) {
                          InstanceMethod<&Capture::clockOffset>("clockOffsetNs"),
                          InstanceMethod<&Capture::runId>("runId"),
                          InstanceMethod<&Capture::close>("close"),
+                         InstanceMethod<&Capture::pause>("pause"),
                      });
 }
 
@@ -24,6 +26,45 @@ static bool validRingBytes(uint64_t bytes) {
   uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   bool powerOfTwo = bytes != 0 && (bytes & (bytes - 1)) == 0;
   return powerOfTwo && bytes % page == 0 && bytes <= (1ull << 30);
+}
+
+// filterNetns: number; filterPorts: number[]; filterCidrs: {family, addr: Buffer(16), prefix}[].
+// The TypeScript loader parses and validates; these checks only keep bad input out of BPF.
+static void readFilters(Napi::Env env, Napi::Object options, SessionConfig &config) {
+  Napi::Value netns = options.Get("filterNetns");
+  if (netns.IsNumber()) {
+    config.filterNetns = netns.As<Napi::Number>().Uint32Value();
+  }
+  Napi::Value ports = options.Get("filterPorts");
+  if (ports.IsArray()) {
+    Napi::Array list = ports.As<Napi::Array>();
+    if (list.Length() > TCPAUDIT_MAX_PORTS) {
+      throw Napi::RangeError::New(env, "too many filterPorts");
+    }
+    for (uint32_t i = 0; i < list.Length(); i++) {
+      config.filterPorts.push_back(
+          static_cast<uint16_t>(list.Get(i).As<Napi::Number>().Uint32Value()));
+    }
+  }
+  Napi::Value cidrs = options.Get("filterCidrs");
+  if (cidrs.IsArray()) {
+    Napi::Array list = cidrs.As<Napi::Array>();
+    if (list.Length() > TCPAUDIT_MAX_CIDRS) {
+      throw Napi::RangeError::New(env, "too many filterCidrs");
+    }
+    for (uint32_t i = 0; i < list.Length(); i++) {
+      Napi::Object item = list.Get(i).As<Napi::Object>();
+      Napi::Value addr = item.Get("addr");
+      if (!addr.IsBuffer() || addr.As<Napi::Buffer<uint8_t>>().Length() != 16) {
+        throw Napi::TypeError::New(env, "filterCidrs[].addr must be a 16-byte Buffer");
+      }
+      tcpaudit_cidr cidr{};
+      memcpy(cidr.addr, addr.As<Napi::Buffer<uint8_t>>().Data(), 16);
+      cidr.family = static_cast<uint16_t>(item.Get("family").As<Napi::Number>().Uint32Value());
+      cidr.prefix = static_cast<uint16_t>(item.Get("prefix").As<Napi::Number>().Uint32Value());
+      config.filterCidrs.push_back(cidr);
+    }
+  }
 }
 
 Capture::Capture(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Capture>(info) {
@@ -51,14 +92,19 @@ Capture::Capture(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Capture>(inf
   }
   setLibbpfVerbose(options.Get("libbpfVerbose").ToBoolean().Value());
 
+  SessionConfig config;
+  config.ringBytes = ringBytes;
+  readFilters(env, options, config);
+
   // Per-load run id: boot-clock ns at load never repeats within a boot, so connection ids
   // stay unique when the program is reloaded and its counter restarts at 0.
   timespec ts{};
   clock_gettime(CLOCK_BOOTTIME, &ts);
   mRunId = static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + ts.tv_nsec;
+  config.runId = mRunId;
 
   try {
-    mSession = std::make_unique<BpfSession>(path, ringBytes, mRunId);
+    mSession = std::make_unique<BpfSession>(path, config);
   } catch (const std::runtime_error &e) {
     throw Napi::Error::New(env, e.what());
   }
@@ -125,6 +171,13 @@ Napi::Value Capture::clockOffset(const Napi::CallbackInfo &info) {
 
 Napi::Value Capture::runId(const Napi::CallbackInfo &info) {
   return Napi::BigInt::New(info.Env(), mRunId);
+}
+
+Napi::Value Capture::pause(const Napi::CallbackInfo &info) {
+  if (mDrain) {
+    mDrain->setPaused(info.Length() > 0 && info[0].ToBoolean().Value());
+  }
+  return info.Env().Undefined();
 }
 
 Napi::Value Capture::close(const Napi::CallbackInfo &info) {

@@ -8,7 +8,8 @@
 #include "BpfSession.hh"
 #include "Drain.hh"
 
-// JS-facing capture: new Capture(objectPath, {ringBytes, libbpfVerbose}, onBatch, onClosed?).
+// JS-facing capture: new Capture(objectPath, {ringBytes, libbpfVerbose, filterNetns,
+// filterPorts, filterCidrs}, onBatch, onClosed?).
 // onBatch(buffer, count, clockOffsetNs) runs on the JS thread once per batch; onClosed()
 // once after close(), when every queued batch has been delivered.
 // Every method runs on the JS thread; only Drain owns another thread.
@@ -24,6 +25,9 @@ private:
   Napi::Value clockOffset(const Napi::CallbackInfo &info);
   Napi::Value runId(const Napi::CallbackInfo &info);
   Napi::Value close(const Napi::CallbackInfo &info);
+  // pause(true) stops draining the ring (the kernel side then fills it and counts losses);
+  // for tests and diagnostics only. pause(false) resumes.
+  Napi::Value pause(const Napi::CallbackInfo &info);
 
   // Idempotent: joins the drain thread first (it uses the ring), then frees the BPF side.
   void shutdown();

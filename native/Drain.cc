@@ -130,8 +130,13 @@ void Drain::run() {
       {mWakeFd, POLLIN, 0},
   };
   for (;;) {
-    int n = poll(fds, 2, kDrainIntervalMs);
+    // Paused: watch only the stop eventfd, or a ready ring would make poll() spin.
+    bool paused = mPaused.load();
+    int n = paused ? poll(&fds[1], 1, kDrainIntervalMs) : poll(fds, 2, kDrainIntervalMs);
     bool stopping = n > 0 && (fds[1].revents & POLLIN);
+    if (paused && !stopping) {
+      continue;
+    }
 
     // Consume even on a timeout: with BPF_RB_NO_WAKEUP the epoll fd rarely fires.
     int err = ring_buffer__consume(mRing);

@@ -39,6 +39,9 @@ public:
   Drain(const Drain &) = delete;
   Drain &operator=(const Drain &) = delete;
 
+  // JS thread: while paused the thread leaves the ring alone (it still notices a stop).
+  void setPaused(bool paused) { mPaused.store(paused); }
+
   // Called by libbpf on the drain thread for each record.
   static int onSample(void *ctx, void *data, size_t size);
 
@@ -51,6 +54,7 @@ private:
   DrainStats &mStats;
   int mWakeFd = -1;
   bool mClosing = false;  // drain thread only: the TSFN said napi_closing
+  std::atomic<bool> mPaused{false};
   Batch *mBatch = nullptr;
   std::thread mThread;
 };

@@ -26,6 +26,9 @@ export interface AvroStateChange {
   segs_in: number;
   retransmits: number;
   srtt_us: number;
+  sock_inode: number;
+  sock_uid: number;
+  sock_gid: number;
 }
 
 /** Avro enum symbols cannot hold '-', so RFC 793's "SYN-SENT" travels as SYN_SENT. */
@@ -64,5 +67,8 @@ export function toAvro(event: TcpEvent): AvroStateChange {
     segs_in: event.segsIn,
     retransmits: event.retransmits,
     srtt_us: event.srttUs,
+    sock_inode: event.sockInode,
+    sock_uid: event.sockUid,
+    sock_gid: event.sockGid,
   };
 }

@@ -17,6 +17,7 @@ needed=(
 	"make:/usr/bin/make"
 	"g++:/usr/bin/g++"
 	"python3:/usr/bin/python3" # node-gyp runs gyp with it
+	"bpftrace:/usr/bin/bpftrace" # independent oracle for test/capture-oracle.test.ts
 )
 
 missing=()

@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { ipv6Text } from '../producer/capture/address';
+import { ipv6Text, parseCidr } from '../producer/capture/address';
+import { validateFilters } from '../producer/capture/capture';
+import { SeqTracker } from '../producer/capture/loss';
 import {
   connectionId,
   decodeBatch,
@@ -33,7 +35,7 @@ function record(buf: Buffer, index: number, f: Fields): void {
   buf.writeBigUInt64LE(0xabcdefn, at + OFF.runId);
   buf.writeBigUInt64LE(BigInt(0x10 + index), at + OFF.connId);
   buf.writeBigUInt64LE(4242n, at + OFF.cgroupId);
-  buf.writeBigUInt64LE(100_002n, at + OFF.bytesAcked);
+  buf.writeBigUInt64LE(100_000n, at + OFF.bytesSent);
   buf.writeBigUInt64LE(1n, at + OFF.bytesReceived);
   Buffer.from(f.saddr).copy(buf, at + OFF.saddr);
   Buffer.from(f.daddr).copy(buf, at + OFF.daddr);
@@ -52,6 +54,9 @@ function record(buf: Buffer, index: number, f: Fields): void {
   buf[at + OFF.oldState] = f.oldState;
   buf[at + OFF.newState] = f.newState;
   buf.write('curl', at + OFF.comm, 'latin1');
+  buf.writeBigUInt64LE(987654321n, at + OFF.sockInode);
+  buf.writeUInt32LE(1001, at + OFF.sockUid);
+  buf.writeUInt32LE(1002, at + OFF.sockGid);
 }
 
 const pad = (bytes: number[]) => [...bytes, ...new Array(16 - bytes.length).fill(0)];
@@ -97,8 +102,9 @@ describe('capture decode', () => {
     );
     assert.deepEqual(
       [a.bytesSent, a.bytesReceived, a.segsOut, a.segsIn, a.retransmits, a.srttUs],
-      [100_002n, 1n, 9, 8, 2, 37],
+      [100_000n, 1n, 9, 8, 2, 37],
     );
+    assert.deepEqual([a.sockInode, a.sockUid, a.sockGid], [987654321, 1001, 1002]);
 
     assert.equal(b.family, 6);
     assert.equal(b.localAddr, '2001:db8::1');
@@ -137,5 +143,68 @@ describe('capture decode', () => {
 
   it('builds connection ids from boot id, run id and counter', () => {
     assert.equal(connectionId(ctx.bootId, 0x1n, 0xffn), 'f55b3d14-1-ff');
+  });
+
+  it('lays out version 2 records of 168 bytes with the socket identity last', () => {
+    assert.equal(LAYOUT_VERSION, 2);
+    assert.equal(RECORD_SIZE, 168);
+    assert.equal(OFF.sockGid + 4, RECORD_SIZE);
+  });
+});
+
+describe('capture filters', () => {
+  it('parses IPv4 and IPv6 CIDRs and clears host bits', () => {
+    const a = parseCidr('10.1.2.3/8');
+    assert.equal(a.family, 2);
+    assert.equal(a.prefix, 8);
+    assert.deepEqual([...a.addr], pad([10, 0, 0, 0]));
+    const b = parseCidr('2001:db8::ff/32');
+    assert.equal(b.family, 10);
+    assert.deepEqual([...b.addr], v6(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0));
+    assert.deepEqual([...parseCidr('::ffff:127.0.0.1').addr], mapped(127, 0, 0, 1));
+    assert.equal(parseCidr('::1').prefix, 128);
+    assert.equal(parseCidr('127.0.0.1').prefix, 32);
+  });
+
+  it('refuses what is not a CIDR', () => {
+    for (const bad of ['10.0.0.256/8', '10.0.0.0/33', '::1/129', '1:2:3', '1::2::3', 'x/8', '']) {
+      assert.throws(() => parseCidr(bad), RangeError, bad);
+    }
+  });
+
+  it('validates ports, CIDR count and namespace', () => {
+    assert.deepEqual(validateFilters({ filterPorts: [80, 80, 443] }).filterPorts, [80, 443]);
+    assert.throws(() => validateFilters({ filterPorts: [0] }), RangeError);
+    assert.throws(() => validateFilters({ filterPorts: [65536] }), RangeError);
+    assert.throws(() => validateFilters({ filterPorts: [1, 2, 3, 4, 5, 6, 7, 8, 9] }), RangeError);
+    assert.throws(() => validateFilters({ filterCidrs: ['::/0', '::/0', '::/0', '::/0', '::/0'] }));
+    assert.throws(() => validateFilters({ filterNetns: -1 }), RangeError);
+    assert.equal(validateFilters({}).filterNetns, 0);
+  });
+});
+
+describe('sequence gaps', () => {
+  it('confirms a gap only after a whole later batch', () => {
+    const t = new SeqTracker();
+    for (const s of [0, 1, 4]) t.observe(s);
+    assert.deepEqual(t.endBatch(), []);
+    t.observe(3); // late: 3 arrived after 4
+    t.observe(5);
+    assert.deepEqual(t.endBatch(), [{ from: 2, to: 2 }]);
+    t.observe(7);
+    assert.deepEqual(t.endBatch(), []);
+    assert.deepEqual(t.takeAll(), [{ from: 6, to: 6 }]);
+    assert.equal(t.reported, 2);
+  });
+
+  it('claims losses after the last record from the counters', () => {
+    const t = new SeqTracker();
+    t.observe(0);
+    t.endBatch();
+    assert.deepEqual(t.takeTail(3), { from: 1, to: 3 });
+    t.observe(4);
+    assert.deepEqual(t.endBatch(), []);
+    assert.deepEqual(t.takeAll(), []);
+    assert.equal(t.reported, 3);
   });
 });

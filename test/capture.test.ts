@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { readFileSync, statSync } from 'node:fs';
-import { createServer, connect, type AddressInfo, type Server } from 'node:net';
+import { createServer, connect, type AddressInfo, type Server, type Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import type { TcpEvent } from '../common/event';
 import { startCapture, type CaptureHandle } from '../producer/capture/capture';
@@ -12,28 +12,38 @@ const PAYLOAD = 100_000;
 const COMM = readFileSync('/proc/self/comm', 'utf8').trim();
 
 function listen(host: string): Promise<Server> {
-  const server = createServer((sock) => {
-    sock.resume(); // read everything, then close our side once the client's FIN arrives
-    sock.on('end', () => sock.end());
-  });
+  // echo everything back, then close our side once the client's FIN arrives
+  const server = createServer((sock) => sock.pipe(sock));
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen(0, host, () => resolve(server));
   });
 }
 
-/** Connects, sends exactly PAYLOAD bytes, closes first; resolves with the client's port. */
-function roundTrip(host: string, port: number): Promise<number> {
+/** Inode of a net.Socket's file, as /proc/self/fd shows it (socket:[inode]). */
+function socketInode(sock: Socket): number {
+  const fd = (sock as unknown as { _handle: { fd: number } })._handle.fd;
+  return statSync(`/proc/self/fd/${fd}`).ino;
+}
+
+/**
+ * Connects, sends exactly PAYLOAD bytes, closes first, reads the echo; resolves with the
+ * client's port, its socket inode and how many bytes came back.
+ */
+function roundTrip(host: string, port: number): Promise<{ port: number; inode: number; echoed: number }> {
   return new Promise((resolve, reject) => {
     const client = connect({ host, port });
     let localPort = 0;
+    let inode = 0;
+    let echoed = 0;
     client.once('error', reject);
     client.once('connect', () => {
       localPort = client.localPort ?? 0;
+      inode = socketInode(client);
       client.end(Buffer.alloc(PAYLOAD, 0x61));
     });
-    client.resume();
-    client.once('close', () => resolve(localPort));
+    client.on('data', (d: Buffer) => (echoed += d.length));
+    client.once('close', () => resolve({ port: localPort, inode, echoed }));
   });
 }
 
@@ -69,7 +79,9 @@ describe('capture on loopback', { skip }, () => {
   async function connection(listenHost: string, connectHost: string) {
     const server = await listen(listenHost);
     const serverPort = (server.address() as AddressInfo).port;
-    const clientPort = await roundTrip(connectHost, serverPort);
+    const trip = await roundTrip(connectHost, serverPort);
+    const clientPort = trip.port;
+    assert.equal(trip.echoed, PAYLOAD);
     await new Promise<void>((r) => server.close(() => r()));
 
     const mine = () =>
@@ -81,7 +93,7 @@ describe('capture on loopback', { skip }, () => {
     const client = mine().filter((e) => e.connId === clientId);
     const child = mine().filter((e) => e.localPort === serverPort && e.remotePort === clientPort);
     const listener = mine().filter((e) => e.localPort === serverPort && e.remotePort === 0);
-    return { serverPort, clientPort, client, child, listener, all: mine() };
+    return { serverPort, clientPort, clientInode: trip.inode, client, child, listener, all: mine() };
   }
 
   function checkCommon(c: Awaited<ReturnType<typeof connection>>, family: 4 | 6) {
@@ -130,12 +142,28 @@ describe('capture on loopback', { skip }, () => {
     const times = c.client.map((e) => e.timeNs);
     assert.deepEqual([...times].sort((x, y) => (x < y ? -1 : x > y ? 1 : 0)), times);
 
-    // bytes_acked/bytes_received count sequence space: SYN and FIN each add one
+    // payload only: no SYN, no FIN, on both sides and at every step
+    const payload = BigInt(PAYLOAD);
     const clientLast = c.client[c.client.length - 1];
     const childLast = c.child[c.child.length - 1];
-    assert.equal(clientLast.bytesSent, BigInt(PAYLOAD) + 2n);
-    assert.equal(childLast.bytesReceived, BigInt(PAYLOAD) + 1n);
+    assert.deepEqual([clientLast.bytesSent, clientLast.bytesReceived], [payload, payload]);
+    assert.deepEqual([childLast.bytesSent, childLast.bytesReceived], [payload, payload]);
+    assert.deepEqual(
+      [c.client[1].bytesSent, c.client[1].bytesReceived, c.child[1].bytesSent],
+      [0n, 0n, 0n],
+      'nothing at ESTABLISHED',
+    );
+    for (const e of c.listener) assert.deepEqual([e.bytesSent, e.bytesReceived], [0n, 0n]);
     assert.ok(clientLast.segsOut > 2 && childLast.segsIn > 2);
+
+    // socket identity: the client's file inode from its first event on, root's ids
+    for (const e of c.client) {
+      assert.equal(e.sockInode, c.clientInode, `${e.oldState}>${e.newState} sockInode`);
+      assert.deepEqual([e.sockUid, e.sockGid], [0, 0]);
+    }
+    assert.equal(c.child[0].sockInode, 0, 'a child before accept() has no file');
+    assert.ok(childLast.sockInode > 0, 'accepted: the child has a file');
+    assert.ok(c.listener.every((e) => e.sockInode > 0));
   }
 
   it('follows an IPv4 connection from connect to close', async () => {
@@ -159,7 +187,7 @@ describe('capture on loopback', { skip }, () => {
   it('reports a dual-stack listener\'s IPv4 peer as v4-mapped IPv6', async () => {
     const server = await listen('::');
     const serverPort = (server.address() as AddressInfo).port;
-    const clientPort = await roundTrip('127.0.0.1', serverPort);
+    const clientPort = (await roundTrip('127.0.0.1', serverPort)).port;
     await new Promise<void>((r) => server.close(() => r()));
     const child = () =>
       seen.filter((e) => e.localPort === serverPort && e.remotePort === clientPort);

@@ -1,8 +1,12 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { TcpEvent } from '../../common/event';
+import { parseCidr, type Cidr } from './address';
 import { decodeBatch, defaultContext, type DecodeContext } from './decode';
-import { LAYOUT_VERSION, RECORD_SIZE } from './layout';
+import { LAYOUT_VERSION, MAX_FILTER_CIDRS, MAX_FILTER_PORTS, RECORD_SIZE } from './layout';
+import { SeqTracker, type LossInfo } from './loss';
+
+export type { LossInfo } from './loss';
 
 /** Default kernel ring buffer: 8 MiB holds about 50,000 records between two 10 ms drains. */
 export const DEFAULT_RING_BYTES = 8 << 20;
@@ -14,9 +18,26 @@ export interface CaptureOptions {
   ringBytes?: number;
   /** Print libbpf's own log on stderr (muted otherwise). */
   libbpfVerbose?: boolean;
+  /**
+   * In-kernel filters, set at load time. An event is kept when it passes all that are given:
+   * its socket is in network namespace `filterNetns` (inode, as `stat -L /proc/<pid>/ns/net`),
+   * either port is in `filterPorts` (at most 8), and either address is in one of
+   * `filterCidrs` (at most 4, "10.0.0.0/8", "::1/128"; IPv4 ones also match v4-mapped IPv6).
+   * Filtered events take no sequence number: gaps still mean loss.
+   */
+  filterPorts?: number[];
+  filterCidrs?: string[];
+  filterNetns?: number;
   /** Called on the main thread once per batch, in ring order. */
   onEvents: (events: TcpEvent[]) => void;
-  /** Decoding failures and exceptions thrown by onEvents; capture keeps running. */
+  /**
+   * Called once per confirmed loss: a range of sequence numbers that will never arrive (a
+   * gap confirmed one batch later, or, when the counters grew past the gaps and the ring has
+   * been idle for a second or the capture stops, the numbers after the last delivered one).
+   * Each lost record is reported exactly once.
+   */
+  onLoss?: (info: LossInfo) => void;
+  /** Decoding failures and exceptions thrown by onEvents or onLoss; capture keeps running. */
   onError?: (err: Error) => void;
 }
 
@@ -39,12 +60,19 @@ export interface CaptureStats {
    * A lower bound (losses after the last delivered event do not show); use with kernelLost.
    */
   seqMissing: number;
+  /** Sequence numbers reported through onLoss so far. */
+  lossReported: number;
 }
 
 export interface CaptureHandle {
   /** Per-load id mixed into every connId (see decode.ts connectionId). */
   readonly runId: bigint;
   stats(): CaptureStats;
+  /**
+   * Stops (true) or resumes (false) draining the kernel ring, which then fills up and loses
+   * records. For tests and diagnostics: it makes loss happen on purpose.
+   */
+  pauseDrain(paused: boolean): void;
   /** Detaches the program and resolves once every queued batch went to onEvents. */
   stop(): Promise<void>;
 }
@@ -63,7 +91,16 @@ interface NativeCapture {
   stats(): NativeStats;
   clockOffsetNs(): bigint;
   runId(): bigint;
+  pause(paused: boolean): void;
   close(): void;
+}
+
+interface NativeOptions {
+  ringBytes: number;
+  libbpfVerbose: boolean;
+  filterNetns: number;
+  filterPorts: number[];
+  filterCidrs: Cidr[];
 }
 
 interface NativeAddon {
@@ -71,7 +108,7 @@ interface NativeAddon {
   recordSize: number;
   Capture: new (
     objectPath: string,
-    options: { ringBytes: number; libbpfVerbose: boolean },
+    options: NativeOptions,
     onBatch: (buf: Buffer, count: number, clockOffsetNs: bigint) => void,
     onClosed: () => void,
   ) => NativeCapture;
@@ -129,6 +166,39 @@ export function validateRingBytes(value: unknown): number {
   return n;
 }
 
+/** Checks the filter options and turns them into what the addon writes into .rodata. */
+export function validateFilters(options: {
+  filterPorts?: unknown;
+  filterCidrs?: unknown;
+  filterNetns?: unknown;
+}): { filterPorts: number[]; filterCidrs: Cidr[]; filterNetns: number } {
+  const ports = options.filterPorts ?? [];
+  if (!Array.isArray(ports) || ports.length > MAX_FILTER_PORTS) {
+    throw new RangeError(`filterPorts must be an array of at most ${MAX_FILTER_PORTS} ports`);
+  }
+  for (const p of ports) {
+    if (!Number.isInteger(p) || p < 1 || p > 65535) {
+      throw new RangeError(`filterPorts: ${String(p)} is not a port (1..65535)`);
+    }
+  }
+  const cidrs = options.filterCidrs ?? [];
+  if (!Array.isArray(cidrs) || cidrs.length > MAX_FILTER_CIDRS) {
+    throw new RangeError(`filterCidrs must be an array of at most ${MAX_FILTER_CIDRS} CIDRs`);
+  }
+  const netns = options.filterNetns ?? 0;
+  if (!Number.isInteger(netns) || (netns as number) < 0 || (netns as number) > 0xffffffff) {
+    throw new RangeError(`filterNetns must be a namespace inode number, got ${String(netns)}`);
+  }
+  return {
+    filterPorts: [...new Set(ports as number[])],
+    filterCidrs: cidrs.map((c) => parseCidr(String(c))),
+    filterNetns: netns as number,
+  };
+}
+
+/** How often the counters are compared with the gaps when no batch arrives. */
+const LOSS_CHECK_MS = 1000;
+
 /** Loads and attaches the BPF program and delivers decoded events until stop(). */
 export function startCapture(options: CaptureOptions): CaptureHandle {
   if (typeof options?.onEvents !== 'function') {
@@ -137,6 +207,10 @@ export function startCapture(options: CaptureOptions): CaptureHandle {
   if (options.onError !== undefined && typeof options.onError !== 'function') {
     throw new TypeError('startCapture: onError must be a function');
   }
+  if (options.onLoss !== undefined && typeof options.onLoss !== 'function') {
+    throw new TypeError('startCapture: onLoss must be a function');
+  }
+  const filters = validateFilters(options);
   const ringBytes = validateRingBytes(options.ringBytes);
   const libbpfVerbose = options.libbpfVerbose ?? false;
   if (typeof libbpfVerbose !== 'boolean') {
@@ -147,13 +221,41 @@ export function startCapture(options: CaptureOptions): CaptureHandle {
 
   const native = loadAddon();
   const ctx: DecodeContext = defaultContext(0n);
+  const seqs = new SeqTracker();
   let decoded = 0;
   let decodeFailed = 0;
   let highestSeq = -1;
+  let batchesSinceCheck = 0;
   let closed: () => void = () => {};
   const done = new Promise<void>((resolveDone) => (closed = resolveDone));
 
+  const report = (ranges: Array<{ from: number; to: number }>, counters: NativeStats) => {
+    for (const r of ranges) {
+      const info: LossInfo = {
+        kernelLost: counters.kernelLost,
+        userDropped: counters.userDropped,
+        seqFrom: r.from,
+        seqTo: r.to,
+        missing: r.to - r.from + 1,
+      };
+      try {
+        options.onLoss?.(info);
+      } catch (err) {
+        onError(err as Error);
+      }
+    }
+  };
+
+  // Losses after the last delivered record: only the counters show them. Claimed when the
+  // ring has been drained since (idle for a check period, or the capture stopped).
+  const checkTail = (counters: NativeStats) => {
+    const unexplained =
+      counters.kernelLost + counters.userDropped - seqs.reported - seqs.pending();
+    if (unexplained > 0) report([seqs.takeTail(unexplained)], counters);
+  };
+
   const onBatch = (buf: Buffer, count: number, clockOffsetNs: bigint) => {
+    batchesSinceCheck++;
     let events: TcpEvent[];
     try {
       ctx.clockOffsetNs = clockOffsetNs;
@@ -164,7 +266,12 @@ export function startCapture(options: CaptureOptions): CaptureHandle {
       return;
     }
     decoded += events.length;
-    for (const e of events) if (e.seq > highestSeq) highestSeq = e.seq;
+    for (const e of events) {
+      if (e.seq > highestSeq) highestSeq = e.seq;
+      seqs.observe(e.seq);
+    }
+    const confirmed = seqs.endBatch();
+    if (confirmed.length > 0) report(confirmed, capture.stats());
     try {
       options.onEvents(events);
     } catch (err) {
@@ -172,11 +279,29 @@ export function startCapture(options: CaptureOptions): CaptureHandle {
     }
   };
 
-  const capture = new native.Capture(bpfObjectPath(), { ringBytes, libbpfVerbose }, onBatch, () =>
-    closed(),
+  const capture = new native.Capture(
+    bpfObjectPath(),
+    { ringBytes, libbpfVerbose, ...filters },
+    onBatch,
+    () => closed(),
   );
   running.add(capture);
+  const lossTimer = setInterval(() => {
+    if (batchesSinceCheck === 0) checkTail(capture.stats());
+    batchesSinceCheck = 0;
+  }, LOSS_CHECK_MS);
+  lossTimer.unref();
   let stopping: Promise<void> | undefined;
+
+  const stop = async () => {
+    clearInterval(lossTimer);
+    capture.close();
+    running.delete(capture);
+    await done;
+    const counters = capture.stats();
+    report(seqs.takeAll(), counters);
+    checkTail(counters);
+  };
 
   return {
     runId: capture.runId(),
@@ -184,9 +309,11 @@ export function startCapture(options: CaptureOptions): CaptureHandle {
       ...capture.stats(),
       decodeFailed,
       seqMissing: highestSeq + 1 - decoded - decodeFailed,
+      lossReported: seqs.reported,
     }),
+    pauseDrain: (paused: boolean) => capture.pause(paused),
     stop: () => {
-      stopping ??= (capture.close(), running.delete(capture), done);
+      stopping ??= stop();
       return stopping;
     },
   };

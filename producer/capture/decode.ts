@@ -98,12 +98,15 @@ export function decodeBatch(buf: Buffer, count: number, ctx: DecodeContext): Tcp
       uid: buf.readUInt32LE(at + OFF.uid),
       netns: buf.readUInt32LE(at + OFF.netns),
       cgroupId: buf.readBigUInt64LE(at + OFF.cgroupId),
-      bytesSent: buf.readBigUInt64LE(at + OFF.bytesAcked),
+      bytesSent: buf.readBigUInt64LE(at + OFF.bytesSent),
       bytesReceived: buf.readBigUInt64LE(at + OFF.bytesReceived),
       segsOut: buf.readUInt32LE(at + OFF.segsOut),
       segsIn: buf.readUInt32LE(at + OFF.segsIn),
       retransmits: buf.readUInt32LE(at + OFF.totalRetrans),
       srttUs: buf.readUInt32LE(at + OFF.srttUs),
+      sockInode: Number(buf.readBigUInt64LE(at + OFF.sockInode)),
+      sockUid: buf.readUInt32LE(at + OFF.sockUid),
+      sockGid: buf.readUInt32LE(at + OFF.sockGid),
     };
   }
   return events;

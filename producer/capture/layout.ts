@@ -1,9 +1,9 @@
 /**
- * Byte offsets of `struct tcpaudit_event` (bpf/tcpaudit.h, layout version 1). Little-endian.
+ * Byte offsets of `struct tcpaudit_event` (bpf/tcpaudit.h, layout version 2). Little-endian.
  * Change the C struct and this table together, and bump LAYOUT_VERSION in both.
  */
-export const LAYOUT_VERSION = 1;
-export const RECORD_SIZE = 160;
+export const LAYOUT_VERSION = 2;
+export const RECORD_SIZE = 168;
 export const COMM_LEN = 16;
 
 export const OFF = {
@@ -12,7 +12,7 @@ export const OFF = {
   runId: 16,
   connId: 24,
   cgroupId: 32,
-  bytesAcked: 40,
+  bytesSent: 40,
   bytesReceived: 48,
   saddr: 56,
   daddr: 72,
@@ -32,7 +32,14 @@ export const OFF = {
   newState: 129,
   procSource: 130,
   comm: 136,
+  sockInode: 152,
+  sockUid: 160,
+  sockGid: 164,
 } as const;
+
+/** Limits of the in-kernel filters (TCPAUDIT_MAX_PORTS, TCPAUDIT_MAX_CIDRS). */
+export const MAX_FILTER_PORTS = 8;
+export const MAX_FILTER_CIDRS = 4;
 
 export const AF_INET = 2;
 export const AF_INET6 = 10;
