@@ -1,22 +1,33 @@
+import { statSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import type { TcpEvent } from '../common/event';
 import {
   DEFAULT_RING_BYTES,
   startCapture,
+  validateFilters,
   validateRingBytes,
   type CaptureStats,
 } from '../producer/capture/capture';
+import { MAX_FILTER_CIDRS, MAX_FILTER_PORTS } from '../producer/capture/layout';
 import { UsageError, positiveInt, untilSignal } from './options';
 
 const HELP = `Usage: tcpaudit capture [options]
 
 Prints every TCP state change on this host as one JSON line on stdout (64-bit counters and
-timeNs as decimal strings). Stats go to stderr as JSON every 10 s and at the end.
-Needs root, or CAP_BPF and CAP_PERFMON.
+timeNs as decimal strings). Stats go to stderr as JSON every 10 s and at the end, and every
+lost record is reported on stderr as {"loss": {"seqFrom", "seqTo", "missing", "kernelLost",
+"userDropped"}}. Needs root, or CAP_BPF and CAP_PERFMON ("tcpaudit doctor" checks).
+
+Filters run in the kernel (filtered events cost no ring space and take no sequence number);
+an event is printed when it passes every kind given, and any one value of a kind:
+  --port P         local or remote port P (repeatable, up to ${MAX_FILTER_PORTS})
+  --cidr CIDR      local or remote address in CIDR, e.g. 10.0.0.0/8, ::1/128 (repeatable, up to
+                   ${MAX_FILTER_CIDRS}); IPv4 CIDRs also match v4-mapped IPv6 addresses
+  --netns NS       sockets of one network namespace: its inode number, or a path such as
+                   /proc/1234/ns/net
 
 Options:
   --ring-bytes N   kernel ring buffer size, a power of two (default ${DEFAULT_RING_BYTES})
-  --port P         only events whose local or remote port is P (repeatable)
   --verbose        show libbpf's log on stderr
   -h, --help       this text
 `;
@@ -30,14 +41,25 @@ export function eventLine(event: TcpEvent): string {
   return `${JSON.stringify(event, (_k, v) => (typeof v === 'bigint' ? v.toString() : v))}\n`;
 }
 
-function parsePorts(values: string[] | undefined): Set<number> {
+function parsePorts(values: string[] | undefined): number[] {
   const ports = new Set<number>();
   for (const text of values ?? []) {
     const port = positiveInt(text, '--port');
     if (port > 65535) throw new UsageError(`--port wants 1..65535, got "${text}"`);
     ports.add(port);
   }
-  return ports;
+  return [...ports];
+}
+
+/** A namespace inode number, or the inode of a namespace file such as /proc/PID/ns/net. */
+function parseNetns(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  if (/^\d+$/.test(text)) return positiveInt(text, '--netns');
+  try {
+    return statSync(text).ino;
+  } catch (err) {
+    throw new UsageError(`--netns: cannot read ${text}: ${(err as Error).message}`);
+  }
 }
 
 export async function runCapture(argv: string[]): Promise<number> {
@@ -46,6 +68,8 @@ export async function runCapture(argv: string[]): Promise<number> {
     options: {
       'ring-bytes': { type: 'string', default: String(DEFAULT_RING_BYTES) },
       port: { type: 'string', multiple: true },
+      cidr: { type: 'string', multiple: true },
+      netns: { type: 'string' },
       verbose: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h' },
     },
@@ -60,7 +84,22 @@ export async function runCapture(argv: string[]): Promise<number> {
   } catch (err) {
     throw new UsageError(`--ring-bytes: ${(err as Error).message}`);
   }
-  const ports = parsePorts(values.port);
+  const requested = {
+    filterPorts: parsePorts(values.port),
+    filterCidrs: values.cidr ?? [],
+    filterNetns: parseNetns(values.netns),
+  };
+  if (requested.filterPorts.length > MAX_FILTER_PORTS) {
+    throw new UsageError(`--port: at most ${MAX_FILTER_PORTS} ports`);
+  }
+  if (requested.filterCidrs.length > MAX_FILTER_CIDRS) {
+    throw new UsageError(`--cidr: at most ${MAX_FILTER_CIDRS} CIDRs`);
+  }
+  try {
+    validateFilters(requested);
+  } catch (err) {
+    throw new UsageError(`--cidr: ${(err as Error).message}`);
+  }
 
   let printDropped = 0;
   let failure: Error | null = null;
@@ -72,21 +111,18 @@ export async function runCapture(argv: string[]): Promise<number> {
   const capture = startCapture({
     ringBytes,
     libbpfVerbose: values.verbose,
+    ...requested,
     onEvents: (events) => {
-      let out = '';
-      let lines = 0;
-      for (const e of events) {
-        if (ports.size > 0 && !ports.has(e.localPort) && !ports.has(e.remotePort)) continue;
-        out += eventLine(e);
-        lines++;
-      }
-      if (lines === 0) return;
+      if (events.length === 0) return;
       if (process.stdout.writableLength > MAX_PENDING_STDOUT) {
-        printDropped += lines;
+        printDropped += events.length;
         return;
       }
+      let out = '';
+      for (const e of events) out += eventLine(e);
       process.stdout.write(out);
     },
+    onLoss: (loss) => process.stderr.write(`${JSON.stringify({ loss })}\n`),
     onError: (err) => {
       failure = err;
       process.stderr.write(`tcpaudit capture: ${err.message}\n`);
