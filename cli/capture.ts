@@ -108,26 +108,39 @@ export async function runCapture(argv: string[]): Promise<number> {
     process.stderr.write(`${JSON.stringify(line)}\n`);
   };
 
-  const capture = startCapture({
-    ringBytes,
-    libbpfVerbose: values.verbose,
-    ...requested,
-    onEvents: (events) => {
-      if (events.length === 0) return;
-      if (process.stdout.writableLength > MAX_PENDING_STDOUT) {
-        printDropped += events.length;
-        return;
-      }
-      let out = '';
-      for (const e of events) out += eventLine(e);
-      process.stdout.write(out);
-    },
-    onLoss: (loss) => process.stderr.write(`${JSON.stringify({ loss })}\n`),
-    onError: (err) => {
-      failure = err;
-      process.stderr.write(`tcpaudit capture: ${err.message}\n`);
-    },
-  });
+  let capture: ReturnType<typeof startCapture>;
+  try {
+    capture = startCapture({
+      ringBytes,
+      libbpfVerbose: values.verbose,
+      ...requested,
+      onEvents: (events) => {
+        if (events.length === 0) return;
+        if (process.stdout.writableLength > MAX_PENDING_STDOUT) {
+          printDropped += events.length;
+          return;
+        }
+        let out = '';
+        for (const e of events) out += eventLine(e);
+        process.stdout.write(out);
+      },
+      onLoss: (loss) => process.stderr.write(`${JSON.stringify({ loss })}\n`),
+      onError: (err) => {
+        failure = err;
+        process.stderr.write(`tcpaudit capture: ${err.message}\n`);
+      },
+    });
+  } catch (err) {
+    // Not a crash: the usual causes (capabilities, kernel, build) deserve one plain line.
+    process.stderr.write(
+      `tcpaudit capture: ${(err as Error).message}\n` +
+        'tcpaudit capture: run "tcpaudit doctor" to check this host\n',
+    );
+    return 1;
+  }
+  process.stderr.write(
+    `${JSON.stringify({ attached: { runId: capture.runId.toString(), ringBytes, ...requested } })}\n`,
+  );
 
   const timer = setInterval(() => writeStats(false, capture), STATS_EVERY_MS);
   await untilSignal(() => failure !== null);

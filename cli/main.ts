@@ -6,6 +6,7 @@ const HELP = `Usage: tcpaudit <command> [options]
 Commands:
   stack up|down|status|env   the local Kafka, schema registry and PostgreSQL on 127.0.0.1
   capture                    print this host's TCP state changes as JSON lines (no Kafka)
+  doctor                     check that capture can work here (kernel, BTF, capabilities)
   produce                    capture and publish to Kafka
   process                    consume from Kafka and write audit rows to PostgreSQL
 
@@ -18,6 +19,7 @@ type Command = (argv: string[]) => Promise<number>;
 const COMMANDS: Record<string, () => Command> = {
   stack: () => require('../stack').runStackCommand,
   capture: () => require('./capture').runCapture,
+  doctor: () => require('./doctor').runDoctor,
   produce: () => require('./produce').runProduce,
   process: () => require('./process').runProcess,
 };
