@@ -18,9 +18,13 @@ export class UsageError extends Error {
 
 /**
  * Resolves with the signal's name on SIGINT or SIGTERM (or 'failure' once `failed` says so).
- * A second signal while shutting down exits at once, for an operator who cannot wait.
+ * A second signal while shutting down exits at once, for an operator who cannot wait; `onAgain`
+ * runs first (synchronously) and returns what to tell the operator about what is left behind.
  */
-export function untilSignal(failed: () => boolean = () => false): Promise<string> {
+export function untilSignal(
+  failed: () => boolean = () => false,
+  onAgain: () => string = () => '',
+): Promise<string> {
   return new Promise((resolve) => {
     const poll = setInterval(() => {
       if (failed()) finish('failure');
@@ -31,7 +35,13 @@ export function untilSignal(failed: () => boolean = () => false): Promise<string
       process.off('SIGINT', onSignal);
       process.off('SIGTERM', onSignal);
       const again = (sig: NodeJS.Signals) => {
-        process.stderr.write(`${sig} again: exiting without waiting\n`);
+        let left = '';
+        try {
+          left = onAgain();
+        } catch (err) {
+          left = `(could not tell what is left: ${(err as Error).message})`;
+        }
+        process.stderr.write(`${sig} again: exiting without waiting${left ? `; ${left}` : ''}\n`);
         process.exit(130);
       };
       process.once('SIGINT', again);

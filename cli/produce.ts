@@ -1,14 +1,25 @@
+import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { kafkaSettings, registrySettings } from '../common/config';
+import { describeKafka, kafkaClientSettings, kafkaFlagSpecs, KAFKA_SECURITY_HELP } from '../common/kafka-config';
 import { createLogger, parseLevel } from '../common/log';
 import { createRegistry, registerValueSchema, valueSubject } from '../common/registry';
-import { startCapture } from '../producer/capture/capture';
-import { Publisher } from '../producer/publisher';
-import { positiveInt, untilSignal } from './options';
+import { startCapture, type CaptureOptions } from '../producer/capture/capture';
+import { bootId } from '../producer/capture/decode';
+import { registerGapSchema } from '../producer/gaps';
+import { ProducerMetrics, serveMetrics } from '../producer/metrics';
+import { COMPRESSION, Publisher, type Compression } from '../producer/publisher';
+import { Spool, type Overflow } from '../producer/spool';
+import { hostname } from 'node:os';
+import { positiveInt, untilSignal, UsageError } from './options';
 
 const HELP = `Usage: tcpaudit produce [options]
 
-Captures every TCP state change on this host and publishes it to Kafka as Avro.
+Captures every TCP state change on this host and publishes it to Kafka as Avro. While Kafka
+is away, events wait in memory (--max-queued), then in an on-disk spool (--spool-dir), and are
+sent in order when it returns. Every loss is counted and published as a gap record on
+<topic>.gaps. SIGTERM or SIGINT sends (or spools) everything captured, then exits; a second
+one exits at once.
 
 Options:
   --brokers LIST          Kafka bootstrap brokers, host:port,...   [env KAFKA_BROKERS]
@@ -17,10 +28,45 @@ Options:
   --partitions N          partitions when the topic is created (default 6)
   --replication-factor N  replicas when the topic is created (default 1)
   --ring-bytes N          kernel ring buffer size, a power of two (default 8388608)
-  --max-queued N          events held in memory while Kafka is away (default 1000000)
-  --log-level LEVEL       debug, info, warn or error                 [env TCPAUDIT_LOG_LEVEL]
+  --max-queued N          events held in memory while Kafka is away (default 200000)
+  --max-batch N           most events in one produce request (default 5000)
+  --compression C         gzip or none (default gzip)
+  --spool-dir DIR         spool events to disk here once memory is full (default: no spool)
+  --spool-max-bytes N     most bytes in the spool (default 1073741824)
+  --overflow POLICY       drop-oldest or drop-newest when the spool (or, without one, memory)
+                          is full (default drop-oldest)
+  --shutdown-timeout-ms N longest wait for Kafka at shutdown before spooling (default 15000)
+  --metrics-port N        Prometheus /metrics port, 0 for none (default 9464)
+  --metrics-host HOST     address /metrics listens on (default 127.0.0.1)
+  --capture-log FILE      debug: append "connId seq" for every captured event to FILE
+${KAFKA_SECURITY_HELP}  --log-level LEVEL       debug, info, warn or error                 [env TCPAUDIT_LOG_LEVEL]
   -h, --help              this text
 `;
+
+function byteCount(text: string | undefined, flag: string): number {
+  const m = /^(\d+)\s*([kmg]i?b?)?$/i.exec(String(text).trim());
+  if (!m) throw new UsageError(`${flag} wants a size in bytes (e.g. 1073741824 or 512M), got "${text}"`);
+  const unit = (m[2] ?? '').toLowerCase()[0];
+  const scale = unit === 'k' ? 1 << 10 : unit === 'm' ? 1 << 20 : unit === 'g' ? 1 << 30 : 1;
+  const value = Number(m[1]) * scale;
+  if (!Number.isSafeInteger(value) || value <= 0) throw new UsageError(`${flag} must be positive, got "${text}"`);
+  return value;
+}
+
+function oneOf<T extends string>(text: string, allowed: readonly T[], flag: string): T {
+  if (!(allowed as readonly string[]).includes(text)) {
+    throw new UsageError(`${flag} must be one of ${allowed.join(', ')}, got "${text}"`);
+  }
+  return text as T;
+}
+
+function port(text: string, flag: string): number {
+  const value = Number(text);
+  if (!Number.isInteger(value) || value < 0 || value > 65535) {
+    throw new UsageError(`${flag} wants a port number (0 for none), got "${text}"`);
+  }
+  return value;
+}
 
 export async function runProduce(argv: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -32,7 +78,17 @@ export async function runProduce(argv: string[]): Promise<number> {
       partitions: { type: 'string', default: '6' },
       'replication-factor': { type: 'string', default: '1' },
       'ring-bytes': { type: 'string', default: String(8 << 20) },
-      'max-queued': { type: 'string', default: '1000000' },
+      'max-queued': { type: 'string', default: '200000' },
+      'max-batch': { type: 'string', default: '5000' },
+      compression: { type: 'string', default: 'gzip' },
+      'spool-dir': { type: 'string' },
+      'spool-max-bytes': { type: 'string', default: String(1 << 30) },
+      overflow: { type: 'string', default: 'drop-oldest' },
+      'shutdown-timeout-ms': { type: 'string', default: '15000' },
+      'metrics-port': { type: 'string', default: '9464' },
+      'metrics-host': { type: 'string', default: '127.0.0.1' },
+      'capture-log': { type: 'string' },
+      ...kafkaFlagSpecs,
       'log-level': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -42,42 +98,133 @@ export async function runProduce(argv: string[]): Promise<number> {
     return 0;
   }
   const log = createLogger('producer', parseLevel(values['log-level'] ?? process.env.TCPAUDIT_LOG_LEVEL));
-  const kafka = kafkaSettings(values, 'tcpaudit-producer');
+  const { topic } = kafkaSettings(values, 'tcpaudit-producer');
+  let kafka;
+  try {
+    kafka = kafkaClientSettings(values, 'tcpaudit-producer');
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
   const { url } = registrySettings(values);
+  const compression = oneOf(values.compression!, Object.keys(COMPRESSION) as Compression[], '--compression');
+  const overflow = oneOf(values.overflow!, ['drop-oldest', 'drop-newest'] as Overflow[], '--overflow');
+  const spoolMaxBytes = byteCount(values['spool-max-bytes'], '--spool-max-bytes');
+  const metricsPort = port(values['metrics-port']!, '--metrics-port');
+  const shutdownMs = positiveInt(values['shutdown-timeout-ms'], '--shutdown-timeout-ms');
 
-  const schema = await registerValueSchema(createRegistry(url), url, kafka.topic);
-  log.info('schema registered', { subject: valueSubject(kafka.topic), schemaId: schema.id });
-  const publisher = new Publisher({
-    ...kafka,
+  const registry = createRegistry(url);
+  const schema = await registerValueSchema(registry, url, topic);
+  const gapSchema = await registerGapSchema(registry, url, topic);
+  log.info('schema registered', { subject: valueSubject(topic), schemaId: schema.id, gapSchemaId: gapSchema.id });
+
+  const metrics = new ProducerMetrics({ processMetrics: true });
+  const server = metricsPort === 0 ? null : await serveMetrics(metrics.registry, values['metrics-host']!, metricsPort);
+  if (server) log.info('metrics listening', { url: `http://${values['metrics-host']}:${server.port}/metrics` });
+
+  // The run id is the capture's, known once it is loaded; the spool and the publisher need it
+  // first, so capture starts right after them with events buffered meanwhile.
+  type Events = Parameters<CaptureOptions['onEvents']>[0];
+  const early: Events[] = [];
+  let deliver: (events: Events) => void = (events) => void early.push(events);
+  const captureLog = values['capture-log'] ? fs.createWriteStream(values['capture-log'], { flags: 'a' }) : null;
+
+  let failure: Error | null = null;
+  let publisher: Publisher | null = null;
+  const pendingLoss: Array<() => void> = [];
+  const captureOptions = {
+    ringBytes: positiveInt(values['ring-bytes'], '--ring-bytes'),
+    onEvents: (events: Events) => {
+      if (captureLog) captureLog.write(events.map((e) => `${e.connId} ${e.seq}\n`).join(''));
+      deliver(events);
+    },
+    // Confirmed kernel (or addon) loss, each sequence range once, from the capture.
+    onLoss: (info: { kernelLost: number; userDropped: number; seqFrom: number; seqTo: number }) => {
+      const report = () => publisher!.noteLoss('kernel', 'KERNEL_RING_FULL',
+        { runId, count: info.seqTo - info.seqFrom + 1, seqFrom: info.seqFrom, seqTo: info.seqTo });
+      if (publisher) report();
+      else pendingLoss.push(report);
+    },
+    onError: (err: Error) => {
+      failure = err;
+      log.error('capture failed', { error: err });
+    },
+  };
+  const capture = startCapture(captureOptions);
+  const runId = capture.runId.toString(16);
+
+  const spool = values['spool-dir']
+    ? new Spool({ dir: values['spool-dir'], maxBytes: spoolMaxBytes, overflow, runId })
+    : null;
+  publisher = new Publisher({
+    kafka,
+    topic,
     partitions: positiveInt(values.partitions, '--partitions'),
     replicationFactor: positiveInt(values['replication-factor'], '--replication-factor'),
     schemaId: schema.id,
     valueType: schema.type,
+    gapSchemaId: gapSchema.id,
+    gapType: gapSchema.type,
+    origin: { host: hostname(), bootId: bootId(), runId },
     maxQueued: positiveInt(values['max-queued'], '--max-queued'),
-    maxBatch: 5000,
+    maxBatch: positiveInt(values['max-batch'], '--max-batch'),
+    compression,
+    spool,
+    overflow,
+    metrics,
     log,
   });
-  await publisher.start();
-
-  let failure: Error | null = null;
-  const capture = startCapture({
-    ringBytes: positiveInt(values['ring-bytes'], '--ring-bytes'),
-    onEvents: (events) => publisher.enqueue(events),
-    onError: (err) => {
-      failure = err;
-      log.error('capture failed', { error: err });
-    },
+  const pub = publisher;
+  for (const report of pendingLoss.splice(0)) report();
+  deliver = (events) => pub.enqueue(events);
+  for (const events of early.splice(0)) pub.enqueue(events);
+  pub.start();
+  const pollLoss = kernelLossFallback(capture, pub, runId, log);
+  log.info('producing', {
+    topic, runId, kafka: describeKafka(kafka), compression,
+    spool: spool ? { dir: spool.dir, maxBytes: spool.maxBytes, overflow } : null,
   });
-  log.info('producing', { topic: kafka.topic, brokers: kafka.brokers });
 
   const report = setInterval(() => {
-    log.info('stats', { capture: capture.stats(), publisher: publisher.getStats() });
+    log.info('stats', { capture: capture.stats(), publisher: pub.getStats() });
   }, 10_000);
-  const signal = await untilSignal(() => failure !== null);
+  const signal = await untilSignal(() => failure !== null, () => {
+    const result = pub.abort();
+    return `${result.spooled} events left in the spool${spool ? ` (${spool.dir})` : ''}` +
+      (result.lost > 0 ? `, ${result.lost} events lost (no spool)` : '');
+  });
   clearInterval(report);
+  clearInterval(pollLoss);
   log.info('stopping', { signal });
+  // Everything the kernel handed over reaches enqueue before stop() resolves.
   await capture.stop();
-  const left = await publisher.stop();
-  log.info('stopped', { capture: capture.stats(), publisher: publisher.getStats(), unsent: left });
-  return failure || left > 0 ? 1 : 0;
+  const result = await pub.stop(shutdownMs);
+  if (captureLog) await new Promise<void>((resolve) => captureLog.end(() => resolve()));
+  server?.close();
+  log.info('stopped', { capture: capture.stats(), publisher: pub.getStats(), ...result });
+  return failure || result.lost > 0 ? 1 : 0;
+}
+
+/**
+ * Kernel loss is normally reported by the capture's onLoss callback (exact sequence ranges).
+ * A capture build without it only has counters: then the counters' growth is published every
+ * second as a gap with unknown sequence numbers (-1), so loss is never silent either way.
+ */
+function kernelLossFallback(
+  capture: ReturnType<typeof startCapture>,
+  pub: Publisher,
+  runId: string,
+  log: ReturnType<typeof createLogger>,
+): NodeJS.Timeout {
+  const hasOnLoss = 'lossReported' in capture.stats();
+  if (!hasOnLoss) log.warn('capture has no onLoss: kernel loss reported from counters, without sequence numbers');
+  let seen = 0;
+  const timer = setInterval(() => {
+    if (hasOnLoss) return;
+    const s = capture.stats();
+    const lost = s.kernelLost + s.userDropped;
+    if (lost > seen) pub.noteLoss('kernel', 'KERNEL_RING_FULL', { runId, count: lost - seen, seqFrom: -1, seqTo: -1 });
+    seen = lost;
+  }, 1000);
+  timer.unref();
+  return timer;
 }

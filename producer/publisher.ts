@@ -1,145 +1,496 @@
-import { Kafka, Producer, Message, CompressionTypes, logLevel } from 'kafkajs';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Kafka, Partitioners, logLevel, CompressionTypes, type Producer, type Message } from 'kafkajs';
 import type avro from 'avsc';
 import type { TcpEvent } from '../common/event';
 import type { Logger } from '../common/log';
-import { frame } from '../common/registry';
+import { kafkajsConfig, type KafkaClientSettings } from '../common/kafka-config';
+import type { DropStage, ProducerMetrics } from './metrics';
 import { toAvro } from './record';
+import type { Dropped, Lease, Overflow, Spool } from './spool';
+
+/**
+ * Compression of produce requests: GZIP. It is the one codec kafkajs carries itself (Snappy,
+ * LZ4 and ZSTD need codec packages, two of them native builds), our records compress well
+ * under it (host, boot id, addresses and comm repeat from record to record: about 4:1 on
+ * bench/producer.ts's records), and kafkajs runs it on libuv's thread pool, off the thread
+ * that takes batches from the capture. `none` is there for CPU-starved hosts.
+ */
+export const COMPRESSION = { gzip: CompressionTypes.GZIP, none: CompressionTypes.None } as const;
+export type Compression = keyof typeof COMPRESSION;
+
+export type GapReason = 'KERNEL_RING_FULL' | 'USER_QUEUE_FULL' | 'SPOOL_FULL' | 'DECODE_FAILED' | 'UNKNOWN';
+
+/** A run of lost state changes, as schemas/capture-gap.avsc carries it. */
+export interface Gap {
+  runId: string;
+  seqFrom: number;
+  seqTo: number;
+  count: number;
+  reason: GapReason;
+  /** Microseconds since the epoch. */
+  detectedAt: number;
+}
 
 export interface PublisherOptions {
-  brokers: string[];
-  clientId: string;
+  kafka: KafkaClientSettings;
   topic: string;
   partitions: number;
   replicationFactor: number;
   schemaId: number;
   valueType: avro.Type;
-  /** Most messages held in memory while Kafka is slow or away; past it, the newest are dropped. */
+  gapSchemaId: number;
+  gapType: avro.Type;
+  /** Who is capturing: the gap records' key (host) and their run id. */
+  origin: { host: string; bootId: string; runId: string };
+  /** Most events held in memory; past it they go to the spool, or are dropped without one. */
   maxQueued: number;
   /** Most messages in one produce request. */
   maxBatch: number;
+  compression: Compression;
+  /** null: no spool, the memory queue is all there is. */
+  spool: Spool | null;
+  /** Which events give way when memory (without a spool) or the spool is full. */
+  overflow: Overflow;
+  metrics: ProducerMetrics;
   log: Logger;
 }
 
+interface LeaseRef {
+  lease: Lease;
+  left: number;
+}
+
+interface Pending {
+  key: string;
+  value: Buffer;
+  seq: number;
+  runId: string;
+  lease?: LeaseRef;
+}
+
 export interface PublisherStats {
-  queued: number;
+  captured: number;
   published: number;
-  dropped: number;
+  queued: number;
+  spooled: number;
+  spoolRecords: number;
+  spoolBytes: number;
+  dropped: Record<DropStage, number>;
+  gapsPending: number;
   sendErrors: number;
 }
 
+export interface StopResult {
+  /** Events (and gap records) left for the next run in the spool. */
+  spooled: number;
+  gapsSpooled: number;
+  /** Events neither published nor spooled: without a spool, what Kafka did not take in time. */
+  lost: number;
+}
+
+const GAPS_FILE = 'gaps.jsonl';
+const RETRY_MIN_MS = 250;
+const RETRY_MAX_MS = 5000;
+
+/** Events topic T: gap records go to T.gaps (subject T.gaps-value), keyed by host. */
+export const gapsTopic = (topic: string) => `${topic}.gaps`;
+
 /**
- * Publishes decoded events to Kafka. Capture never waits on Kafka: `enqueue` only appends to a
- * bounded queue, and one flush loop sends it in order, so that events of a connection (one key,
- * one partition) keep their order across retries.
+ * Publishes captured events to Kafka, keyed by connection id so one connection stays in one
+ * partition and keeps its order. Capture never waits on Kafka: `enqueue` encodes and appends
+ * to memory or, once memory is full or the spool holds anything, to the spool; it never
+ * awaits. One drain loop sends in queue order: memory first, then the spool's oldest segment,
+ * and so on. A failed request is retried as the very same batch, so the idempotent producer
+ * (which numbers each partition's batches) lets the broker discard a batch it already wrote.
  */
 export class Publisher {
-  private readonly producer: Producer;
   private readonly kafka: Kafka;
-  private queue: Message[] = [];
-  private stats: PublisherStats = { queued: 0, published: 0, dropped: 0, sendErrors: 0 };
-  private flushing: Promise<void> | null = null;
+  private readonly producer: Producer;
+  private readonly log: Logger;
+  private readonly metrics: ProducerMetrics;
+  private queue: Pending[] = [];
+  private head = 0;
+  /** The batch being sent or to be resent unchanged: queue[head, head + inFlight). */
+  private inFlight = 0;
+  /** New events go to the spool while it holds events or memory is full, to keep order. */
+  private spilling = false;
+  private gaps: Gap[] = [];
+  private gapsInFlight = 0;
+  private stats = {
+    captured: 0, published: 0, spooled: 0, sendErrors: 0,
+    dropped: { kernel: 0, user_queue: 0, spool: 0 } as Record<DropStage, number>,
+  };
+  private connected = false;
+  private draining: Promise<void> | null = null;
   private timer: NodeJS.Timeout | null = null;
+  private retryAt = 0;
+  private backoffMs = RETRY_MIN_MS;
+  private lastError = '';
 
   constructor(private readonly opts: PublisherOptions) {
+    this.log = opts.log;
+    this.metrics = opts.metrics;
     this.kafka = new Kafka({
-      clientId: opts.clientId,
-      brokers: opts.brokers,
+      ...kafkajsConfig(opts.kafka),
       logLevel: logLevel.WARN,
+      // The drain loop retries forever; kafkajs' own retries only need to ride out a leader
+      // move, not an outage, so a failed request comes back quickly and is counted.
+      retry: { retries: 3, initialRetryTime: 100, maxRetryTime: 1000 },
+      connectionTimeout: 3000,
       logCreator: () => ({ namespace, level, log }) => {
         const { message, ...extra } = log;
+        // While Kafka is away kafkajs logs every failed attempt; the drain loop logs once.
+        if (this.connected === false && level > logLevel.ERROR) return;
         const fields = { namespace, ...extra };
-        if (level <= logLevel.ERROR) opts.log.error(String(message), fields);
-        else opts.log.warn(String(message), fields);
+        if (level <= logLevel.ERROR) opts.log.warn(String(message), fields);
+        else opts.log.debug(String(message), fields);
       },
     });
-    // Idempotence with one request in flight keeps per-partition order through retries.
-    this.producer = this.kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+    // Idempotence needs one request in flight per broker (kafkajs' rule), which also keeps
+    // per-partition order through retries.
+    this.producer = this.kafka.producer({
+      idempotent: true,
+      maxInFlightRequests: 1,
+      createPartitioner: Partitioners.DefaultPartitioner, // murmur2, as Java clients hash keys
+    });
+    if (opts.spool) this.loadGaps();
+    if (opts.spool && opts.spool.records > 0) {
+      this.spilling = true;
+      this.log.info('spool holds events from an earlier run: replaying them first',
+        { records: opts.spool.records, bytes: opts.spool.bytes });
+    }
+    this.updateGauges();
   }
 
-  async start(): Promise<void> {
-    await this.ensureTopic();
+  /** Starts the drain loop. Kafka need not be up: the loop connects when it can. */
+  start(): void {
+    this.timer = setInterval(() => void this.flush(), 20);
+  }
+
+  private async connect(): Promise<void> {
     await this.producer.connect();
-    this.timer = setInterval(() => void this.flush(), 50);
-  }
-
-  private async ensureTopic(): Promise<void> {
     const admin = this.kafka.admin();
     await admin.connect();
     try {
-      const created = await admin.createTopics({
-        waitForLeaders: true,
-        topics: [{
-          topic: this.opts.topic,
-          numPartitions: this.opts.partitions,
-          replicationFactor: this.opts.replicationFactor,
-        }],
-      });
-      this.opts.log.info(created ? 'topic created' : 'topic exists', {
-        topic: this.opts.topic,
-        partitions: this.opts.partitions,
-      });
+      for (const topic of [this.opts.topic, gapsTopic(this.opts.topic)]) {
+        const created = await admin.createTopics({
+          waitForLeaders: true,
+          topics: [{ topic, numPartitions: this.opts.partitions, replicationFactor: this.opts.replicationFactor }],
+        });
+        this.log.info(created ? 'topic created' : 'topic exists', { topic, partitions: this.opts.partitions });
+      }
     } finally {
       await admin.disconnect();
     }
+    this.connected = true;
   }
 
+  private encode(event: TcpEvent): Pending {
+    const payload = this.opts.valueType.toBuffer(toAvro(event));
+    const value = Buffer.allocUnsafe(5 + payload.length);
+    value[0] = 0; // Confluent framing: magic byte, schema id, Avro body
+    value.writeUInt32BE(this.opts.schemaId, 1);
+    payload.copy(value, 5);
+    return { key: event.connId, value, seq: event.seq, runId: this.opts.origin.runId };
+  }
+
+  /** Takes events from the capture; never blocks, never throws for a full queue. */
   enqueue(events: TcpEvent[]): void {
-    for (const event of events) {
-      if (this.queue.length >= this.opts.maxQueued) {
-        this.stats.dropped++;
-        continue;
-      }
-      const payload = this.opts.valueType.toBuffer(toAvro(event));
-      this.queue.push({ key: event.connId, value: frame(this.opts.schemaId, payload) });
-      this.stats.queued++;
+    if (events.length === 0) return;
+    this.stats.captured += events.length;
+    this.metrics.captured.inc(events.length);
+    const items = events.map((e) => this.encode(e));
+    const spool = this.opts.spool;
+    const depth = this.queue.length - this.head;
+    if (spool && (this.spilling || depth + items.length > this.opts.maxQueued)) {
+      // Whatever still fits in memory would overtake nothing: memory is older than the spool.
+      const room = this.spilling ? 0 : Math.max(0, this.opts.maxQueued - depth);
+      for (let i = 0; i < room; i++) this.queue.push(items[i]);
+      this.spilling = true;
+      this.toSpool(items.slice(room));
+    } else if (!spool && depth + items.length > this.opts.maxQueued) {
+      this.overflowMemory(items);
+    } else {
+      for (const item of items) this.queue.push(item);
     }
-    if (this.queue.length >= this.opts.maxBatch) void this.flush();
+    this.updateGauges();
+    if (this.queue.length - this.head >= this.opts.maxBatch) void this.flush();
+  }
+
+  private toSpool(items: Pending[]): void {
+    if (items.length === 0) return;
+    const dropped = this.opts.spool!.append(items);
+    let lost = 0;
+    for (const d of dropped) {
+      lost += d.count;
+      this.noteLoss('spool', 'SPOOL_FULL', d);
+    }
+    this.stats.spooled += items.length - (this.opts.spool!.overflow === 'drop-newest' ? lost : 0);
+    this.metrics.spooled.inc(items.length - (this.opts.spool!.overflow === 'drop-newest' ? lost : 0));
+  }
+
+  /** No spool and memory is full: drop by the overflow policy, never the batch in flight. */
+  private overflowMemory(items: Pending[]): void {
+    const depth = this.queue.length - this.head;
+    const room = Math.max(0, this.opts.maxQueued - depth);
+    if (this.opts.overflow === 'drop-newest') {
+      for (let i = 0; i < room; i++) this.queue.push(items[i]);
+      const lost = items.slice(room);
+      if (lost.length > 0) this.noteLoss('user_queue', 'USER_QUEUE_FULL', rangeOf(lost));
+      return;
+    }
+    for (const item of items) this.queue.push(item);
+    const excess = this.queue.length - this.head - this.opts.maxQueued;
+    const from = this.head + this.inFlight;
+    const cut = this.queue.splice(from, Math.min(excess, this.queue.length - from));
+    for (const group of byRun(cut)) this.noteLoss('user_queue', 'USER_QUEUE_FULL', rangeOf(group));
+  }
+
+  /** Counts a loss and queues a gap record for it (merged with the last one when adjacent). */
+  noteLoss(stage: DropStage, reason: GapReason, d: Dropped): void {
+    if (d.count <= 0) return;
+    this.stats.dropped[stage] += d.count;
+    this.metrics.dropped.inc({ stage }, d.count);
+    const last = this.gaps.length > this.gapsInFlight ? this.gaps[this.gaps.length - 1] : null;
+    if (last && last.reason === reason && last.runId === d.runId && d.seqFrom >= 0 && last.seqTo + 1 === d.seqFrom) {
+      last.seqTo = d.seqTo;
+      last.count += d.count;
+    } else {
+      this.gaps.push({ runId: d.runId, seqFrom: d.seqFrom, seqTo: d.seqTo, count: d.count, reason,
+        detectedAt: Date.now() * 1000 });
+    }
+    this.log.warn('events lost', { stage, reason, ...d });
   }
 
   /** Sends what is queued; concurrent callers share one loop so order is kept. */
   flush(): Promise<void> {
-    if (!this.flushing) {
-      this.flushing = this.drain().finally(() => {
-        this.flushing = null;
-      });
-    }
-    return this.flushing;
+    this.draining ??= this.drain().finally(() => {
+      this.draining = null;
+    });
+    return this.draining;
   }
 
   private async drain(): Promise<void> {
-    while (this.queue.length > 0) {
-      const batch = this.queue.slice(0, this.opts.maxBatch);
+    while (Date.now() >= this.retryAt) {
       try {
-        await this.producer.send({
-          topic: this.opts.topic,
-          acks: -1,
-          compression: CompressionTypes.None,
-          messages: batch,
-        });
+        if (!this.connected) await this.connect();
+        if (this.gaps.length > 0) await this.sendGaps();
+        const batch = this.nextBatch();
+        if (batch.length === 0) return;
+        await this.sendBatch(batch);
+        this.onSuccess();
       } catch (err) {
-        // Kept at the head of the queue: the next tick retries them before anything newer.
-        this.stats.sendErrors++;
-        this.opts.log.warn('publish failed, will retry', { error: err, pending: this.queue.length });
+        this.onFailure(err as Error);
         return;
       }
-      this.queue.splice(0, batch.length);
-      this.stats.published += batch.length;
     }
+  }
+
+  private onSuccess(): void {
+    if (this.lastError) this.log.info('kafka is back', { queued: this.queue.length - this.head,
+      spooled: this.opts.spool?.records ?? 0 });
+    this.lastError = '';
+    this.backoffMs = RETRY_MIN_MS;
+    this.metrics.kafkaUp.set(1);
+  }
+
+  private onFailure(err: Error): void {
+    this.stats.sendErrors++;
+    this.metrics.sendErrors.inc();
+    this.metrics.kafkaUp.set(0);
+    if (err.message !== this.lastError) {
+      this.log.warn('kafka unavailable, holding events', { error: err.message,
+        queued: this.queue.length - this.head, spooled: this.opts.spool?.records ?? 0 });
+    }
+    this.lastError = err.message;
+    this.retryAt = Date.now() + this.backoffMs;
+    this.backoffMs = Math.min(RETRY_MAX_MS, this.backoffMs * 2);
+  }
+
+  /** The batch in flight if a send failed (resent unchanged), else the next one. */
+  private nextBatch(): Pending[] {
+    if (this.inFlight === 0) {
+      if (this.queue.length === this.head) this.refill();
+      this.inFlight = Math.min(this.opts.maxBatch, this.queue.length - this.head);
+    }
+    return this.queue.slice(this.head, this.head + this.inFlight);
+  }
+
+  /** Memory is empty: take the spool's oldest segment, or leave spill mode if there is none. */
+  private refill(): void {
+    this.queue = [];
+    this.head = 0;
+    const spool = this.opts.spool;
+    if (!spool) return;
+    const lease = spool.take();
+    if (!lease) {
+      this.spilling = false;
+      return;
+    }
+    const ref: LeaseRef = { lease, left: lease.records.length };
+    for (const r of lease.records) this.queue.push({ ...r, runId: lease.runId, lease: ref });
+    if (lease.records.length === 0) lease.release();
+  }
+
+  private async sendBatch(batch: Pending[]): Promise<void> {
+    const messages: Message[] = new Array(batch.length);
+    for (let i = 0; i < batch.length; i++) messages[i] = { key: batch[i].key, value: batch[i].value };
+    const started = process.hrtime.bigint();
+    await this.producer.send({
+      topic: this.opts.topic,
+      acks: -1,
+      compression: COMPRESSION[this.opts.compression],
+      messages,
+    });
+    this.metrics.publishLatency.observe(Number(process.hrtime.bigint() - started) / 1e9);
+    this.metrics.batchSize.observe(batch.length);
+    this.head += batch.length;
+    this.inFlight = 0;
+    this.stats.published += batch.length;
+    this.metrics.published.inc(batch.length);
+    for (const item of batch) {
+      if (item.lease && --item.lease.left === 0) item.lease.lease.release();
+    }
+    if (this.head > 65536 && this.head * 2 > this.queue.length) {
+      this.queue = this.queue.slice(this.head);
+      this.head = 0;
+    }
+    this.updateGauges();
+  }
+
+  private async sendGaps(): Promise<void> {
+    this.gapsInFlight = this.gaps.length;
+    const { host, bootId } = this.opts.origin;
+    const messages = this.gaps.map((g) => {
+      const body = this.opts.gapType.toBuffer({
+        host, boot_id: bootId, run_id: g.runId, seq_from: g.seqFrom, seq_to: g.seqTo,
+        count: g.count, reason: g.reason, detected_at: g.detectedAt,
+      });
+      const value = Buffer.allocUnsafe(5 + body.length);
+      value[0] = 0;
+      value.writeUInt32BE(this.opts.gapSchemaId, 1);
+      body.copy(value, 5);
+      return { key: host, value };
+    });
+    try {
+      await this.producer.send({ topic: gapsTopic(this.opts.topic), acks: -1, messages });
+    } finally {
+      this.gapsInFlight = 0;
+    }
+    const sent = this.gaps.splice(0, messages.length);
+    if (this.opts.spool) fs.rmSync(path.join(this.opts.spool.dir, GAPS_FILE), { force: true });
+    this.metrics.gapsPublished.inc(sent.length);
+    this.log.info('gap records published', { gaps: sent.length, events: sent.reduce((n, g) => n + g.count, 0) });
+  }
+
+  private updateGauges(): void {
+    this.metrics.queueDepth.set(this.queue.length - this.head);
+    this.metrics.spoolBytes.set(this.opts.spool?.bytes ?? 0);
   }
 
   getStats(): PublisherStats {
-    return { ...this.stats, queued: this.queue.length };
+    return {
+      captured: this.stats.captured,
+      published: this.stats.published,
+      queued: this.queue.length - this.head,
+      spooled: this.stats.spooled,
+      spoolRecords: this.opts.spool?.records ?? 0,
+      spoolBytes: this.opts.spool?.bytes ?? 0,
+      dropped: { ...this.stats.dropped },
+      gapsPending: this.gaps.length,
+      sendErrors: this.stats.sendErrors,
+    };
   }
 
-  /** Flushes what is queued, giving up after `deadlineMs`, then disconnects. */
-  async stop(deadlineMs = 10_000): Promise<number> {
+  /** Events held here or in the spool: what a second signal would leave behind. */
+  unsent(): { memory: number; spool: number } {
+    const inSpool = this.opts.spool?.records ?? 0;
+    const fromSpool = this.queue.slice(this.head).filter((p) => p.lease).length;
+    return { memory: this.queue.length - this.head - fromSpool, spool: inSpool };
+  }
+
+  /**
+   * Sends everything queued and spooled while Kafka answers, for at most `deadlineMs`; what
+   * is left then goes to the spool (memory first, so order holds) and the gap records to
+   * the spool's gaps file. Then disconnects.
+   */
+  async stop(deadlineMs = 15_000): Promise<StopResult> {
     if (this.timer) clearInterval(this.timer);
     const until = Date.now() + deadlineMs;
-    while (this.queue.length > 0 && Date.now() < until) {
+    const empty = () => this.queue.length === this.head && this.gaps.length === 0 &&
+      (this.opts.spool?.records ?? 0) === 0;
+    while (!empty() && Date.now() < until) {
+      this.retryAt = Math.min(this.retryAt, Date.now());
       await this.flush();
-      if (this.queue.length > 0) await new Promise((r) => setTimeout(r, 200));
+      if (this.lastError) break; // Kafka is away: spool instead of waiting out the deadline
     }
-    await this.producer.disconnect();
-    return this.queue.length;
+    const result = this.persistRest();
+    await this.producer.disconnect().catch(() => undefined);
+    this.opts.spool?.close();
+    this.updateGauges();
+    return result;
   }
+
+  /** For a second signal: no more waiting, memory and gap records go to the spool now. */
+  abort(): StopResult {
+    if (this.timer) clearInterval(this.timer);
+    return this.persistRest();
+  }
+
+  private persistRest(): StopResult {
+    const spool = this.opts.spool;
+    const rest = this.queue.slice(this.head);
+    this.queue = [];
+    this.head = 0;
+    this.inFlight = 0;
+    if (!spool) {
+      if (rest.length > 0) {
+        for (const group of byRun(rest)) this.noteLoss('user_queue', 'USER_QUEUE_FULL', rangeOf(group));
+      }
+      return { spooled: 0, gapsSpooled: 0, lost: rest.length };
+    }
+    // Memory is older than anything spooled: it becomes the first segments, in order.
+    const groups = byRun(rest);
+    for (let i = groups.length - 1; i >= 0; i--) {
+      spool.prepend(groups[i].map((p) => ({ key: p.key, value: p.value, seq: p.seq })), groups[i][0].runId);
+    }
+    const leases = new Set(rest.map((p) => p.lease).filter((l): l is LeaseRef => l !== undefined));
+    for (const ref of leases) ref.lease.release();
+    const gapsSpooled = this.gaps.length;
+    const file = path.join(spool.dir, GAPS_FILE);
+    if (gapsSpooled > 0) fs.writeFileSync(file, this.gaps.map((g) => JSON.stringify(g) + '\n').join(''));
+    this.gaps = [];
+    return { spooled: spool.records, gapsSpooled, lost: 0 };
+  }
+
+  /** Gap records an earlier run could not send: they go out before anything else. */
+  private loadGaps(): void {
+    const file = path.join(this.opts.spool!.dir, GAPS_FILE);
+    if (!fs.existsSync(file)) return;
+    const lines = fs.readFileSync(file, 'utf8').split('\n').filter((l) => l.trim() !== '');
+    for (const line of lines) {
+      try {
+        this.gaps.push(JSON.parse(line) as Gap);
+      } catch {
+        this.log.warn('unreadable line in the spooled gaps file, skipped', { file });
+      }
+    }
+    // Kept until they are sent (or rewritten at stop): a crash may send one twice, never none.
+  }
+}
+
+function rangeOf(items: Pending[]): Dropped {
+  return { runId: items[0].runId, count: items.length, seqFrom: items[0].seq, seqTo: items[items.length - 1].seq };
+}
+
+/** Splits a run of queue items where the capture run changes. */
+function byRun(items: Pending[]): Pending[][] {
+  const out: Pending[][] = [];
+  for (const item of items) {
+    const last = out[out.length - 1];
+    if (last && last[0].runId === item.runId) last.push(item);
+    else out.push([item]);
+  }
+  return out;
 }
