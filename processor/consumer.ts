@@ -1,17 +1,21 @@
-import { Kafka, logLevel, type Consumer, type EachBatchPayload } from 'kafkajs';
+import { Kafka, logLevel, type Consumer, type EachBatchPayload, type KafkaConfig, type Producer, type Admin } from 'kafkajs';
 import type { Pool } from 'pg';
 import type { Logger } from '../common/log';
 import type { Decode } from './decode';
-import { handleBatch, type SourceRecord } from './handler';
+import { handleBatch, type DeadLetter, type SourceRecord } from './handler';
+import type { ProcessorMetrics } from './metrics';
 
 export interface ConsumerOptions {
-  brokers: string[];
-  clientId: string;
+  /** kafkajs client settings (brokers, TLS, SASL): common/kafka-config.ts builds them. */
+  kafka: KafkaConfig;
   topic: string;
   groupId: string;
   pool: Pool;
   decode: Decode;
   log: Logger;
+  metrics?: ProcessorMetrics;
+  /** Partitions processed at once, each in its own transaction (the pool needs as many clients). */
+  concurrency?: number;
 }
 
 export interface ProcessorStats {
@@ -19,114 +23,194 @@ export interface ProcessorStats {
   inserted: number;
   duplicates: number;
   deadLetters: number;
+  gaps: number;
 }
 
-/** Offsets committed with the rows; Kafka's own commit only trails them. */
-async function storedOffsets(pool: Pool, groupId: string, topic: string) {
-  const result = await pool.query<{ partition: number; next_offset: string }>(
-    'SELECT partition, next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2',
-    [groupId, topic],
-  );
-  return new Map(result.rows.map((r) => [r.partition, r.next_offset]));
+export const gapsTopic = (topic: string) => `${topic}.gaps`;
+export const deadLetterTopic = (topic: string) => `${topic}.dlq`;
+
+/** Dead-letter message headers: the reason and where the original message was. */
+export function deadLetterMessages(letters: DeadLetter[]) {
+  return letters.map(({ record, reason }) => ({
+    key: record.key,
+    value: record.value,
+    headers: {
+      ...Object.fromEntries(Object.entries(record.headers ?? {}).filter(([, v]) => v !== undefined)) as Record<string, Buffer | string>,
+      'tcpaudit-dlq-reason': reason,
+      'tcpaudit-dlq-topic': record.topic,
+      'tcpaudit-dlq-partition': String(record.partition),
+      'tcpaudit-dlq-offset': record.offset,
+    },
+  }));
 }
 
 /**
  * The consumer-group side of the processor: all the audit logic is in handleBatch; this only
- * feeds it batches, resumes each assigned partition from the offset stored in PostgreSQL, and
- * lets Kafka's committed offset follow for tools that watch consumer lag.
+ * feeds it batches. PostgreSQL's consumer_offsets is the only authority on where a partition
+ * resumes: after every assignment the first batch of each partition is checked against it
+ * (records already committed are dropped; a fetch that starts past it seeks back), so neither
+ * a lagging nor a leading Kafka commit can lose or repeat a row. Kafka's own commit only trails,
+ * for tools that watch consumer lag.
  */
 export class ProcessorConsumer {
-  readonly stats: ProcessorStats = { batches: 0, inserted: 0, duplicates: 0, deadLetters: 0 };
+  readonly stats: ProcessorStats = { batches: 0, inserted: 0, duplicates: 0, deadLetters: 0, gaps: 0 };
   private readonly consumer: Consumer;
   private readonly kafka: Kafka;
+  private producer: Producer | null = null;
+  private admin: Admin | null = null;
+  /** Next offset to process per topic/partition, as PostgreSQL says; cleared on every join. */
+  private readonly positions = new Map<string, bigint>();
+  private inGroup = false;
 
   constructor(private readonly opts: ConsumerOptions) {
-    const kafka = (this.kafka = new Kafka({
-      clientId: opts.clientId,
-      brokers: opts.brokers,
+    this.kafka = new Kafka({
+      ...opts.kafka,
       logLevel: logLevel.WARN,
       logCreator: () => ({ namespace, log }) => {
         const { message, ...extra } = log;
         opts.log.warn(String(message), { namespace, ...extra });
       },
-    }));
-    this.consumer = kafka.consumer({ groupId: opts.groupId });
+    });
+    this.consumer = this.kafka.consumer({ groupId: opts.groupId, maxBytesPerPartition: 4 << 20 });
+  }
+
+  consuming(): boolean {
+    return this.inGroup;
   }
 
   async start(): Promise<void> {
     const { topic, groupId, log } = this.opts;
-    this.consumer.on(this.consumer.events.GROUP_JOIN, ({ payload }) => {
-      void this.resume(payload.memberAssignment[topic] ?? []).catch((err) =>
-        log.error('could not seek to stored offsets', { error: err }),
-      );
+    const { GROUP_JOIN, CRASH, STOP, DISCONNECT, REBALANCING } = this.consumer.events;
+    this.consumer.on(GROUP_JOIN, () => {
+      this.positions.clear();
+      this.inGroup = true;
     });
+    this.consumer.on(REBALANCING, () => this.positions.clear());
+    for (const event of [CRASH, STOP, DISCONNECT]) this.consumer.on(event, () => (this.inGroup = false));
+    this.admin = this.kafka.admin();
+    await this.admin.connect();
     await this.waitForTopic();
+    this.producer = this.kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+    await this.producer.connect();
     await this.consumer.connect();
-    await this.consumer.subscribe({ topic, fromBeginning: true });
+    await this.consumer.subscribe({ topics: [topic, gapsTopic(topic)], fromBeginning: true });
     await this.consumer.run({
       autoCommit: false,
       eachBatchAutoResolve: false,
+      partitionsConsumedConcurrently: this.opts.concurrency ?? 2,
       eachBatch: (payload) => this.onBatch(payload),
     });
     log.info('consuming', { topic, groupId });
   }
 
   /**
-   * The producer creates the topic with the partition count it is told; subscribing first would
-   * have a broker that auto-creates topics make one with its own default instead.
+   * The producer creates the events topic with the partition count it is told; subscribing first
+   * would have a broker that auto-creates topics make one with its own default instead. The gaps
+   * and dead-letter topics are made here if nobody made them yet.
    */
   private async waitForTopic(): Promise<void> {
-    const admin = this.kafka.admin();
-    await admin.connect();
-    try {
-      for (let attempt = 0; ; attempt++) {
-        const topics = await admin.listTopics();
-        if (topics.includes(this.opts.topic)) return;
-        if (attempt % 30 === 0) this.opts.log.info('waiting for topic', { topic: this.opts.topic });
-        await new Promise((r) => setTimeout(r, 1000));
+    const admin = this.admin!;
+    const { topic, log } = this.opts;
+    for (let attempt = 0; ; attempt++) {
+      const topics = await admin.listTopics();
+      if (topics.includes(topic)) {
+        const missing = [gapsTopic(topic), deadLetterTopic(topic)].filter((t) => !topics.includes(t));
+        if (missing.length > 0) {
+          await admin.createTopics({ topics: missing.map((t) => ({ topic: t, numPartitions: 1 })) })
+            .catch((err) => log.warn('could not create topics', { topics: missing, error: err }));
+        }
+        return;
       }
-    } finally {
-      await admin.disconnect();
+      if (attempt % 30 === 0) log.info('waiting for topic', { topic });
+      await new Promise((r) => setTimeout(r, 1000));
     }
   }
 
-  private async resume(partitions: number[]): Promise<void> {
-    const stored = await storedOffsets(this.opts.pool, this.opts.groupId, this.opts.topic);
-    for (const partition of partitions) {
-      const offset = stored.get(partition);
-      if (offset !== undefined) this.consumer.seek({ topic: this.opts.topic, partition, offset });
-    }
+  private async storedPosition(topic: string, partition: number): Promise<bigint> {
+    const { rows } = await this.opts.pool.query<{ next_offset: string }>(
+      'SELECT next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2 AND partition = $3',
+      [this.opts.groupId, topic, partition],
+    );
+    if (rows.length > 0) return BigInt(rows[0].next_offset);
+    return this.lowWatermark(topic, partition);
   }
 
-  private async onBatch({ batch, resolveOffset, heartbeat }: EachBatchPayload): Promise<void> {
-    if (batch.messages.length === 0) return;
-    const records: SourceRecord[] = batch.messages.map((m) => ({
-      topic: batch.topic,
-      partition: batch.partition,
-      offset: m.offset,
-      key: m.key,
-      value: m.value,
-    }));
-    // A throw here (database or registry away) makes kafkajs retry the batch from its start;
-    // the rows of a failed attempt were rolled back, and a replay of committed ones is a no-op.
-    const result = await handleBatch(records, this.opts.pool, this.opts.decode, this.opts.groupId);
-    this.stats.batches++;
-    this.stats.inserted += result.inserted;
-    this.stats.duplicates += result.duplicates;
-    this.stats.deadLetters += result.deadLetters;
-    if (result.deadLetters > 0) {
-      this.opts.log.warn('messages sent to dead letters', {
-        partition: batch.partition,
-        count: result.deadLetters,
+  private async lowWatermark(topic: string, partition: number): Promise<bigint> {
+    const offsets = await this.admin!.fetchTopicOffsets(topic);
+    const low = offsets.find((o) => o.partition === partition)?.low ?? '0';
+    return BigInt(low);
+  }
+
+  private async sendDeadLetters(letters: DeadLetter[]): Promise<void> {
+    await this.producer!.send({ topic: deadLetterTopic(this.opts.topic), messages: deadLetterMessages(letters) });
+  }
+
+  private async onBatch({ batch, resolveOffset, heartbeat, isRunning, isStale }: EachBatchPayload): Promise<void> {
+    if (batch.messages.length === 0 || !isRunning() || isStale()) return;
+    const { topic, partition } = batch;
+    const key = `${topic}/${partition}`;
+    let position = this.positions.get(key);
+    if (position === undefined) {
+      position = await this.storedPosition(topic, partition);
+      this.positions.set(key, position);
+    }
+    const first = BigInt(batch.firstOffset()!);
+    if (first > position) {
+      const low = await this.lowWatermark(topic, partition);
+      if (position >= low) {
+        this.opts.log.info('seeking to the offset stored in PostgreSQL', { topic, partition, offset: String(position), fetched: String(first) });
+        this.consumer.seek({ topic, partition, offset: position.toString() });
+        return;
+      }
+      this.opts.log.warn('records deleted by Kafka retention before they were processed', {
+        topic, partition, from: String(position), to: String(low - 1n),
       });
     }
-    const next = (BigInt(batch.lastOffset()) + 1n).toString();
+    const records: SourceRecord[] = batch.messages
+      .filter((m) => BigInt(m.offset) >= position!)
+      .map((m) => ({
+        topic, partition, offset: m.offset, key: m.key, value: m.value,
+        headers: m.headers as SourceRecord['headers'],
+      }));
+    if (records.length > 0) {
+      const started = process.hrtime.bigint();
+      // A throw here (database or registry away) makes kafkajs retry the batch from its start;
+      // the rows of a failed attempt were rolled back, and a replay of committed ones is a no-op.
+      const result = await handleBatch(records, this.opts.pool, this.opts.decode, this.opts.groupId, {
+        deadLetterSink: (letters) => this.sendDeadLetters(letters),
+      });
+      this.stats.batches++;
+      this.stats.inserted += result.inserted;
+      this.stats.duplicates += result.duplicates;
+      this.stats.deadLetters += result.deadLetters;
+      this.stats.gaps += result.gaps;
+      const m = this.opts.metrics;
+      if (m) {
+        m.batchSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
+        m.events.inc(result.inserted);
+        m.duplicates.inc(result.duplicates);
+        m.deadLetters.inc(result.deadLetters);
+        m.gaps.inc(result.gaps);
+        for (const us of result.eventTimesUs) m.endToEnd.observe(Math.max(0, result.committedAtMs / 1000 - us / 1e6));
+      }
+      if (result.deadLetters > 0) {
+        this.opts.log.warn('messages sent to dead letters', { topic, partition, count: result.deadLetters });
+      }
+    }
+    const next = BigInt(batch.lastOffset()) + 1n;
+    this.positions.set(key, next);
+    this.opts.metrics?.lag.set({ topic, partition: String(partition) },
+      Math.max(0, Number(BigInt(batch.highWatermark) - next)));
     resolveOffset(batch.lastOffset());
-    await this.consumer.commitOffsets([{ topic: batch.topic, partition: batch.partition, offset: next }]);
+    await this.consumer.commitOffsets([{ topic, partition, offset: next.toString() }]).catch((err) =>
+      this.opts.log.debug('kafka offset commit failed (PostgreSQL holds the offset)', { error: err }));
     await heartbeat();
   }
 
   async stop(): Promise<void> {
     await this.consumer.disconnect();
+    await this.producer?.disconnect();
+    await this.admin?.disconnect();
+    this.inGroup = false;
   }
 }

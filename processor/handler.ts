@@ -1,7 +1,7 @@
 import type { Pool, PoolClient } from 'pg';
 import { isoFromMicros } from '../common/time';
-import { applyChange, type Connection, type StateChange } from './lifecycle';
-import { BadMessageError, type Decode } from './decode';
+import { applyChange, runIdOf, type Connection, type StateChange } from './lifecycle';
+import { BadMessageError, type CaptureGap, type Decode } from './decode';
 import { loadConnections, saveConnections } from './store-connections';
 
 /** A Kafka record as any source hands it over: a consumer, a Lambda event, a test. */
@@ -11,68 +11,148 @@ export interface SourceRecord {
   offset: string;
   key: Buffer | null;
   value: Buffer | null;
+  headers?: Record<string, Buffer | string | undefined>;
+}
+
+/** A message the processor cannot turn into rows, with the reason. */
+export interface DeadLetter {
+  record: SourceRecord;
+  reason: string;
+}
+
+export interface BatchOptions {
+  /**
+   * Publishes dead letters (to '<topic>.dlq') before the transaction commits. It may run again
+   * for the same records after a crash: the DLQ topic is at least once, the table exactly once.
+   */
+  deadLetterSink?: (letters: DeadLetter[]) => Promise<void>;
 }
 
 export interface BatchResult {
   inserted: number;
   duplicates: number;
   deadLetters: number;
+  gaps: number;
   connections: number;
+  /** Kernel times (µs) of the events this batch inserted, for the end-to-end histogram. */
+  eventTimesUs: number[];
+  /** Wall-clock time (ms) the transaction committed. */
+  committedAtMs: number;
 }
 
-interface Decoded {
+interface DecodedEvent {
   record: SourceRecord;
   change: StateChange;
 }
 
-const RAW_COLUMNS = [
-  'conn_id', 'seq', 'host', 'boot_id', 'event_time', 'family', 'local_addr', 'local_port',
-  'remote_addr', 'remote_port', 'old_state', 'new_state', 'pid', 'tid', 'comm', 'uid', 'netns',
-  'cgroup_id', 'bytes_sent', 'bytes_received', 'segs_out', 'segs_in', 'retransmits', 'srtt_us',
-  'kafka_topic', 'kafka_partition', 'kafka_offset',
-] as const;
+interface DecodedGap {
+  record: SourceRecord;
+  gap: CaptureGap;
+}
 
-const RAW_TYPES = [
-  'text', 'int8', 'text', 'text', 'timestamptz', 'int2', 'inet', 'int4', 'inet', 'int4', 'text',
-  'text', 'int4', 'int4', 'text', 'int8', 'int8', 'int8', 'int8', 'int8', 'int8', 'int8', 'int8',
-  'int8', 'text', 'int4', 'int8',
+const RAW: [string, string][] = [
+  ['conn_id', 'text'], ['seq', 'int8'], ['host', 'text'], ['boot_id', 'text'], ['run_id', 'text'],
+  ['event_time', 'timestamptz'], ['family', 'int2'], ['local_addr', 'inet'], ['local_port', 'int4'],
+  ['remote_addr', 'inet'], ['remote_port', 'int4'], ['old_state', 'text'], ['new_state', 'text'],
+  ['pid', 'int4'], ['tid', 'int4'], ['comm', 'text'], ['uid', 'int8'], ['netns', 'int8'],
+  ['cgroup_id', 'int8'], ['bytes_sent', 'int8'], ['bytes_received', 'int8'], ['segs_out', 'int8'],
+  ['segs_in', 'int8'], ['retransmits', 'int8'], ['srtt_us', 'int8'], ['sock_inode', 'int8'],
+  ['sock_uid', 'int8'], ['sock_gid', 'int8'], ['kafka_topic', 'text'], ['kafka_partition', 'int4'],
+  ['kafka_offset', 'int8'],
 ];
 
-function rawValues(d: Decoded): unknown[] {
+const INSERT_RAW = `INSERT INTO tcp_events (${RAW.map(([n]) => n).join(', ')})
+  SELECT * FROM unnest(${RAW.map(([, t], i) => `$${i + 1}::${t}[]`).join(', ')})
+  ON CONFLICT (conn_id, seq, event_time) DO NOTHING
+  RETURNING conn_id, seq`;
+
+function rawValues(d: DecodedEvent): unknown[] {
   const c = d.change;
   return [
-    c.connId, c.seq, c.host, c.bootId, isoFromMicros(c.timeUs), c.family,
+    c.connId, c.seq, c.host, c.bootId, runIdOf(c.connId), isoFromMicros(c.timeUs), c.family,
     c.localAddr, c.localPort, c.remoteAddr, c.remotePort, c.oldState, c.newState, c.pid, c.tid,
     c.comm, c.uid, c.netns, c.cgroupId, c.bytesSent, c.bytesReceived, c.segsOut, c.segsIn,
-    c.retransmits, c.srttUs, d.record.topic, d.record.partition, d.record.offset,
+    c.retransmits, c.srttUs, c.sockInode, c.sockUid, c.sockGid, d.record.topic, d.record.partition,
+    d.record.offset,
   ];
 }
 
-/** One statement for the whole batch: each column travels as one array parameter. */
-async function insertRaw(db: PoolClient, rows: Decoded[]): Promise<Set<string>> {
-  const columns = RAW_COLUMNS.map(() => [] as unknown[]);
+/** One statement for the whole batch; returns the (conn_id, seq) pairs that were new. */
+async function insertRaw(db: PoolClient, rows: DecodedEvent[]): Promise<Set<string>> {
+  const columns = RAW.map(() => [] as unknown[]);
   for (const row of rows) rawValues(row).forEach((value, i) => columns[i].push(value));
-  const params = RAW_TYPES.map((type, i) => `$${i + 1}::${type}[]`).join(', ');
-  const result = await db.query<{ conn_id: string; seq: string }>(
-    `INSERT INTO tcp_events (${RAW_COLUMNS.join(', ')})
-     SELECT * FROM unnest(${params})
-     ON CONFLICT (conn_id, seq) DO NOTHING
-     RETURNING conn_id, seq`,
-    columns,
-  );
+  const result = await db.query<{ conn_id: string; seq: string }>(INSERT_RAW, columns);
   return new Set(result.rows.map((r) => `${r.conn_id}/${r.seq}`));
 }
 
-async function insertDeadLetters(db: PoolClient, dead: { record: SourceRecord; reason: string }[]) {
-  for (const { record, reason } of dead) {
-    await db.query(
-      `INSERT INTO dead_letters
-         (reason, kafka_topic, kafka_partition, kafka_offset, message_key, message_value)
-       VALUES ($1, $2, $3, $4, $5, $6)
-       ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING`,
-      [reason, record.topic, record.partition, record.offset, record.key, record.value],
-    );
-  }
+function headersJson(h: SourceRecord['headers']): Record<string, string> | null {
+  if (!h) return null;
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(h)) if (v !== undefined) out[k] = v.toString();
+  return out;
+}
+
+async function insertDeadLetters(db: PoolClient, dead: DeadLetter[]) {
+  if (dead.length === 0) return;
+  await db.query(
+    `INSERT INTO dead_letters
+       (reason, kafka_topic, kafka_partition, kafka_offset, message_key, message_value, message_headers)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::int8[], $5::bytea[], $6::bytea[], $7::jsonb[])
+     ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING`,
+    [
+      dead.map((d) => d.reason), dead.map((d) => d.record.topic), dead.map((d) => d.record.partition),
+      dead.map((d) => d.record.offset), dead.map((d) => d.record.key), dead.map((d) => d.record.value),
+      dead.map((d) => JSON.stringify(headersJson(d.record.headers))),
+    ],
+  );
+}
+
+/**
+ * Stores capture gaps and flags the connections of that host and run whose sequence range
+ * overlaps the missing numbers (an open connection's range runs on to infinity). Gaps of
+ * unnumbered kernel loss (seq -1) flag the connections open at the time the loss was noticed.
+ */
+async function insertGaps(db: PoolClient, gaps: DecodedGap[]): Promise<number> {
+  if (gaps.length === 0) return 0;
+  const g = gaps.map((d) => d.gap);
+  const result = await db.query(
+    `INSERT INTO capture_gaps (host, boot_id, run_id, seq_from, seq_to, lost, reason, detected_at,
+       kafka_topic, kafka_partition, kafka_offset)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[],
+       $7::text[], $8::timestamptz[], $9::text[], $10::int4[], $11::int8[])
+     ON CONFLICT DO NOTHING`,
+    [
+      g.map((x) => x.host), g.map((x) => x.bootId), g.map((x) => x.runId), g.map((x) => x.seqFrom),
+      g.map((x) => x.seqTo), g.map((x) => x.count), g.map((x) => x.reason),
+      g.map((x) => isoFromMicros(x.detectedUs)), gaps.map((d) => d.record.topic),
+      gaps.map((d) => d.record.partition), gaps.map((d) => d.record.offset),
+    ],
+  );
+  await db.query(
+    `UPDATE connections c SET has_gap = true, updated_at = now()
+       FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::timestamptz[])
+         AS g(host, run_id, seq_from, seq_to, detected_at)
+      WHERE c.host = g.host AND c.run_id = g.run_id AND NOT c.has_gap
+        AND CASE WHEN g.seq_from < 0
+                 THEN c.opened_at <= g.detected_at AND (c.closed_at IS NULL OR c.closed_at >= g.detected_at)
+                 ELSE c.first_seq <= g.seq_to AND (c.last_seq >= g.seq_from OR c.closed_at IS NULL) END`,
+    [g.map((x) => x.host), g.map((x) => x.runId), g.map((x) => x.seqFrom), g.map((x) => x.seqTo),
+      g.map((x) => isoFromMicros(x.detectedUs))],
+  );
+  return result.rowCount ?? 0;
+}
+
+/** A gap stored before the events it concerns were: flag the connections this batch wrote. */
+async function flagKnownGaps(db: PoolClient, ids: string[]) {
+  await db.query(
+    `UPDATE connections c SET has_gap = true
+       FROM capture_gaps g
+      WHERE c.conn_id = ANY($1::text[]) AND NOT c.has_gap AND g.host = c.host AND g.run_id = c.run_id
+        AND CASE WHEN g.seq_from < 0
+                 THEN c.opened_at <= g.detected_at AND (c.closed_at IS NULL OR c.closed_at >= g.detected_at)
+                 ELSE c.first_seq <= g.seq_to AND (c.last_seq >= g.seq_from OR c.closed_at IS NULL) END`,
+    [ids],
+  );
 }
 
 async function saveOffsets(db: PoolClient, groupId: string, records: SourceRecord[]) {
@@ -83,69 +163,113 @@ async function saveOffsets(db: PoolClient, groupId: string, records: SourceRecor
     const seen = next.get(key);
     if (!seen || seen.offset < offset) next.set(key, { topic: r.topic, partition: r.partition, offset });
   }
-  for (const { topic, partition, offset } of next.values()) {
-    await db.query(
-      `INSERT INTO consumer_offsets (group_id, topic, partition, next_offset) VALUES ($1, $2, $3, $4)
-       ON CONFLICT (group_id, topic, partition)
-       DO UPDATE SET next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset),
-                     updated_at = now()`,
-      [groupId, topic, partition, offset.toString()],
-    );
+  const rows = [...next.values()];
+  await db.query(
+    `INSERT INTO consumer_offsets (group_id, topic, partition, next_offset)
+     SELECT $1, * FROM unnest($2::text[], $3::int4[], $4::int8[])
+     ON CONFLICT (group_id, topic, partition)
+     DO UPDATE SET next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset),
+                   updated_at = now()`,
+    [groupId, rows.map((r) => r.topic), rows.map((r) => r.partition), rows.map((r) => r.offset.toString())],
+  );
+}
+
+/** Host runs seen in this batch; monotonic, so written after the commit (see migration 002). */
+async function touchHostRuns(pool: Pool, changes: StateChange[]) {
+  const runs = new Map<string, { host: string; boot: string; run: string; min: number; max: number }>();
+  for (const c of changes) {
+    const run = runIdOf(c.connId);
+    const key = `${c.host}\u0000${c.bootId}\u0000${run}`;
+    const seen = runs.get(key);
+    if (!seen) runs.set(key, { host: c.host, boot: c.bootId, run, min: c.timeUs, max: c.timeUs });
+    else [seen.min, seen.max] = [Math.min(seen.min, c.timeUs), Math.max(seen.max, c.timeUs)];
   }
+  if (runs.size === 0) return;
+  const r = [...runs.values()].sort((a, b) => (a.host + a.boot + a.run < b.host + b.boot + b.run ? -1 : 1));
+  await pool.query(
+    `INSERT INTO host_runs (host, boot_id, run_id, first_event_at, last_event_at)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[])
+     ON CONFLICT (host, boot_id, run_id) DO UPDATE SET
+       first_event_at = LEAST(host_runs.first_event_at, EXCLUDED.first_event_at),
+       last_event_at = GREATEST(host_runs.last_event_at, EXCLUDED.last_event_at),
+       last_seen_at = now()`,
+    [r.map((x) => x.host), r.map((x) => x.boot), r.map((x) => x.run), r.map((x) => isoFromMicros(x.min)),
+      r.map((x) => isoFromMicros(x.max))],
+  );
 }
 
 /**
  * Turns one batch of Kafka records into audit rows in a single transaction: raw state changes,
- * the connections they advance, dead letters, and the next offset of each partition. A record
- * seen before (same connection and sequence) inserts nothing and advances nothing, so replays
- * after a crash or a rebalance leave the tables as they were.
+ * the connections they advance, capture gaps, dead letters, and the next offset of each
+ * partition. A record seen before (same connection, sequence and time) inserts nothing and
+ * advances nothing, so replays after a crash or a rebalance leave the tables as they were.
+ * No consumer inside: a Kafka consumer, a Lambda event or a test can feed it.
  */
 export async function handleBatch(
   records: SourceRecord[],
   pool: Pool,
   decode: Decode,
   groupId: string,
+  options: BatchOptions = {},
 ): Promise<BatchResult> {
-  const decoded: Decoded[] = [];
-  const dead: { record: SourceRecord; reason: string }[] = [];
+  const events: DecodedEvent[] = [];
+  const gaps: DecodedGap[] = [];
+  const dead: DeadLetter[] = [];
   for (const record of records) {
     try {
-      decoded.push({ record, change: await decode(record.value) });
+      const decoded = await decode(record.value);
+      if (decoded.kind === 'event') events.push({ record, change: decoded.change });
+      else gaps.push({ record, gap: decoded.gap });
     } catch (err) {
       if (!(err instanceof BadMessageError)) throw err;
       dead.push({ record, reason: err.message });
     }
   }
+  if (dead.length > 0 && options.deadLetterSink) await options.deadLetterSink(dead);
 
   const db = await pool.connect();
+  let fresh = new Set<string>();
+  let conns = new Map<string, Connection>();
+  let gapRows = 0;
+  let committedAtMs = 0;
+  const freshChanges: StateChange[] = [];
   try {
     await db.query('BEGIN');
-    const fresh = decoded.length > 0 ? await insertRaw(db, decoded) : new Set<string>();
-    const changes = decoded
-      .map((d) => d.change)
-      .filter((c) => fresh.has(`${c.connId}/${c.seq}`))
-      .sort((a, b) => (a.connId === b.connId ? a.seq - b.seq : a.connId < b.connId ? -1 : 1));
-    const ids = [...new Set(changes.map((c) => c.connId))];
-    const conns = await loadConnections(db, ids);
-    for (const change of changes) {
+    if (events.length > 0) fresh = await insertRaw(db, events);
+    for (const d of events) {
+      const key = `${d.change.connId}/${d.change.seq}`;
+      if (fresh.delete(key)) freshChanges.push(d.change); // a batch may carry one record twice
+    }
+    freshChanges.sort((a, b) => (a.connId === b.connId ? a.seq - b.seq : a.connId < b.connId ? -1 : 1));
+    const ids = [...new Set(freshChanges.map((c) => c.connId))];
+    conns = await loadConnections(db, ids);
+    const loaded = new Map([...conns.values()].map((c) => [c.connId, c.openedUs]));
+    for (const change of freshChanges) {
       conns.set(change.connId, applyChange(conns.get(change.connId) ?? null, change));
     }
-    await saveConnections(db, [...conns.values()]);
+    await saveConnections(db, [...conns.values()], loaded);
+    gapRows = await insertGaps(db, gaps);
+    if (ids.length > 0) await flagKnownGaps(db, ids);
     await insertDeadLetters(db, dead);
     await saveOffsets(db, groupId, records);
     await db.query('COMMIT');
-    return {
-      inserted: fresh.size,
-      duplicates: decoded.length - fresh.size,
-      deadLetters: dead.length,
-      connections: conns.size,
-    };
+    committedAtMs = Date.now();
   } catch (err) {
     await db.query('ROLLBACK').catch(() => undefined);
     throw err;
   } finally {
     db.release();
   }
+  await touchHostRuns(pool, freshChanges).catch(() => undefined);
+  return {
+    inserted: freshChanges.length,
+    duplicates: events.length - freshChanges.length,
+    deadLetters: dead.length,
+    gaps: gapRows,
+    connections: conns.size,
+    eventTimesUs: freshChanges.map((c) => c.timeUs),
+    committedAtMs,
+  };
 }
 
 export type { Connection };

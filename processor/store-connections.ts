@@ -4,11 +4,13 @@ import { connectMs, durationMs, type Connection } from './lifecycle';
 
 const US = (column: string) => `(extract(epoch FROM ${column}) * 1000000)::int8`;
 
-const SELECT = `SELECT conn_id, host, boot_id, role, outcome, family, host(local_addr) AS local_addr,
-  local_port, host(remote_addr) AS remote_addr, remote_port, pid, tid, comm, uid, netns, cgroup_id,
+const SELECT = `SELECT conn_id, host, boot_id, run_id, role, outcome, family,
+  host(local_addr) AS local_addr, local_port, host(remote_addr) AS remote_addr, remote_port, pid,
+  tid, comm, uid, netns, cgroup_id, sock_inode, sock_uid, sock_gid,
   ${US('opened_at')} AS opened_us, ${US('established_at')} AS established_us,
-  ${US('closed_at')} AS closed_us, closed_by, close_kind, states, last_seq, event_count, has_gap,
-  bytes_sent, bytes_received, segs_out, segs_in, retransmits, srtt_us
+  ${US('closed_at')} AS closed_us, ${US('last_event_at')} AS last_event_us, closed_by, close_kind,
+  states, first_seq, last_seq, event_count, has_gap, bytes_sent, bytes_received, segs_out, segs_in,
+  retransmits, srtt_us
   FROM connections WHERE conn_id = ANY($1::text[]) FOR UPDATE`;
 
 type Row = Record<string, unknown>;
@@ -21,6 +23,7 @@ function fromRow(r: Row): Connection {
     connId: r.conn_id as string,
     host: r.host as string,
     bootId: r.boot_id as string,
+    runId: r.run_id as string,
     role: r.role as Connection['role'],
     outcome: r.outcome as Connection['outcome'],
     family: num(r.family) as 4 | 6,
@@ -34,12 +37,17 @@ function fromRow(r: Row): Connection {
     uid: num(r.uid),
     netns: num(r.netns),
     cgroupId: num(r.cgroup_id),
+    sockInode: num(r.sock_inode),
+    sockUid: num(r.sock_uid),
+    sockGid: num(r.sock_gid),
     openedUs: num(r.opened_us),
     establishedUs: numOrNull(r.established_us),
     closedUs: numOrNull(r.closed_us),
+    lastEventUs: num(r.last_event_us),
     closedBy: r.closed_by as Connection['closedBy'],
     closeKind: r.close_kind as Connection['closeKind'],
     states: r.states as string[],
+    firstSeq: num(r.first_seq),
     lastSeq: num(r.last_seq),
     eventCount: num(r.event_count),
     hasGap: r.has_gap as boolean,
@@ -61,32 +69,60 @@ export async function loadConnections(db: PoolClient, ids: string[]) {
   return found;
 }
 
-const COLUMNS = [
-  'conn_id', 'host', 'boot_id', 'role', 'outcome', 'family', 'local_addr', 'local_port',
-  'remote_addr', 'remote_port', 'pid', 'tid', 'comm', 'uid', 'netns', 'cgroup_id', 'opened_at',
-  'established_at', 'closed_at', 'connect_ms', 'duration_ms', 'closed_by', 'close_kind', 'states',
-  'last_state', 'last_seq', 'event_count', 'has_gap', 'bytes_sent', 'bytes_received', 'segs_out',
-  'segs_in', 'retransmits', 'srtt_us',
+const COLUMNS: [string, string][] = [
+  ['conn_id', 'text'], ['host', 'text'], ['boot_id', 'text'], ['run_id', 'text'], ['role', 'text'],
+  ['outcome', 'text'], ['family', 'int2'], ['local_addr', 'inet'], ['local_port', 'int4'],
+  ['remote_addr', 'inet'], ['remote_port', 'int4'], ['pid', 'int4'], ['tid', 'int4'],
+  ['comm', 'text'], ['uid', 'int8'], ['netns', 'int8'], ['cgroup_id', 'int8'],
+  ['sock_inode', 'int8'], ['sock_uid', 'int8'], ['sock_gid', 'int8'], ['opened_at', 'timestamptz'],
+  ['established_at', 'timestamptz'], ['closed_at', 'timestamptz'], ['last_event_at', 'timestamptz'],
+  ['connect_ms', 'float8'], ['duration_ms', 'float8'], ['closed_by', 'text'], ['close_kind', 'text'],
+  // text[][] cannot be ragged: each path travels as one text holding a Postgres array literal.
+  ['states', 'text'], ['last_state', 'text'], ['first_seq', 'int8'], ['last_seq', 'int8'],
+  ['event_count', 'int4'], ['has_gap', 'bool'], ['bytes_sent', 'int8'], ['bytes_received', 'int8'],
+  ['segs_out', 'int8'], ['segs_in', 'int8'], ['retransmits', 'int8'], ['srtt_us', 'int8'],
 ];
 
 const time = (us: number | null) => (us === null ? null : isoFromMicros(us));
+const arrayLiteral = (items: string[]) => `{${items.map((s) => `"${s.replace(/["\\]/g, '\\$&')}"`).join(',')}}`;
 
 function values(c: Connection): unknown[] {
   return [
-    c.connId, c.host, c.bootId, c.role, c.outcome, c.family, c.localAddr, c.localPort,
-    c.remoteAddr, c.remotePort, c.pid, c.tid, c.comm, c.uid, c.netns, c.cgroupId,
-    time(c.openedUs), time(c.establishedUs), time(c.closedUs), connectMs(c), durationMs(c),
-    c.closedBy, c.closeKind, c.states, c.states[c.states.length - 1], c.lastSeq, c.eventCount,
+    c.connId, c.host, c.bootId, c.runId, c.role, c.outcome, c.family, c.localAddr, c.localPort,
+    c.remoteAddr, c.remotePort, c.pid, c.tid, c.comm, c.uid, c.netns, c.cgroupId, c.sockInode,
+    c.sockUid, c.sockGid, time(c.openedUs), time(c.establishedUs), time(c.closedUs),
+    time(c.lastEventUs), connectMs(c), durationMs(c), c.closedBy, c.closeKind,
+    arrayLiteral(c.states), c.states[c.states.length - 1], c.firstSeq, c.lastSeq, c.eventCount,
     c.hasGap, c.bytesSent, c.bytesReceived, c.segsOut, c.segsIn, c.retransmits, c.srttUs,
   ];
 }
 
-const UPSERT = `INSERT INTO connections (${COLUMNS.join(', ')}, updated_at)
-  VALUES (${COLUMNS.map((_, i) => `$${i + 1}`).join(', ')}, now())
-  ON CONFLICT (conn_id) DO UPDATE SET
-  ${COLUMNS.slice(1).map((c) => `${c} = EXCLUDED.${c}`).join(', ')}, updated_at = now()`;
+const NAMES = COLUMNS.map(([name]) => name);
+/** Every column travels as one array parameter: one statement whatever the batch size. */
+const UPSERT = `INSERT INTO connections (${NAMES.join(', ')}, expired_at, expire_reason, updated_at)
+  SELECT ${NAMES.map((n) => (n === 'states' ? 'u.states::text[]' : `u.${n}`)).join(', ')}, NULL, NULL, now()
+    FROM unnest(${COLUMNS.map(([, type], i) => `$${i + 1}::${type}[]`).join(', ')})
+      AS u(${NAMES.join(', ')})
+  ON CONFLICT (conn_id, opened_at) DO UPDATE SET
+  ${NAMES.slice(1).map((c) => `${c} = EXCLUDED.${c}`).join(', ')},
+  expired_at = NULL, expire_reason = NULL, updated_at = now()`;
 
-export async function saveConnections(db: PoolClient, conns: Connection[]): Promise<void> {
-  // One statement per touched connection; a batch of N events touches far fewer than N.
-  for (const conn of conns) await db.query(UPSERT, values(conn));
+/**
+ * Writes the connections of one batch. `loaded` holds their rows as they were: a connection
+ * whose opened_at moved (an earlier event arrived late) has its old row deleted first, since
+ * opened_at is part of the key.
+ */
+export async function saveConnections(db: PoolClient, conns: Connection[], loaded: Map<string, number>) {
+  if (conns.length === 0) return;
+  const moved = conns.filter((c) => loaded.has(c.connId) && loaded.get(c.connId) !== c.openedUs);
+  if (moved.length > 0) {
+    await db.query(
+      `DELETE FROM connections c USING unnest($1::text[], $2::timestamptz[]) AS m(id, opened)
+        WHERE c.conn_id = m.id AND c.opened_at <> m.opened`,
+      [moved.map((c) => c.connId), moved.map((c) => time(c.openedUs))],
+    );
+  }
+  const columns = COLUMNS.map(() => [] as unknown[]);
+  for (const conn of conns) values(conn).forEach((value, i) => columns[i].push(value));
+  await db.query(UPSERT, columns);
 }
