@@ -36,7 +36,8 @@ Options:
   --overflow POLICY       drop-oldest or drop-newest when the spool (or, without one, memory)
                           is full (default drop-oldest)
   --shutdown-timeout-ms N longest wait for Kafka at shutdown before spooling (default 15000)
-  --metrics-port N        Prometheus /metrics port, 0 for none (default 9464)
+  --metrics-port N        Prometheus /metrics port; 0 picks a free one (logged), off for none
+                          (default 9464)
   --metrics-host HOST     address /metrics listens on (default 127.0.0.1)
   --capture-log FILE      debug: append "connId seq" for every captured event to FILE
 ${KAFKA_SECURITY_HELP}  --log-level LEVEL       debug, info, warn or error                 [env TCPAUDIT_LOG_LEVEL]
@@ -60,10 +61,11 @@ function oneOf<T extends string>(text: string, allowed: readonly T[], flag: stri
   return text as T;
 }
 
-function port(text: string, flag: string): number {
+function port(text: string, flag: string): number | null {
+  if (text === 'off') return null;
   const value = Number(text);
   if (!Number.isInteger(value) || value < 0 || value > 65535) {
-    throw new UsageError(`${flag} wants a port number (0 for none), got "${text}"`);
+    throw new UsageError(`${flag} wants a port number, 0 or off, got "${text}"`);
   }
   return value;
 }
@@ -118,7 +120,7 @@ export async function runProduce(argv: string[]): Promise<number> {
   log.info('schema registered', { subject: valueSubject(topic), schemaId: schema.id, gapSchemaId: gapSchema.id });
 
   const metrics = new ProducerMetrics({ processMetrics: true });
-  const server = metricsPort === 0 ? null : await serveMetrics(metrics.registry, values['metrics-host']!, metricsPort);
+  const server = metricsPort === null ? null : await serveMetrics(metrics.registry, values['metrics-host']!, metricsPort);
   if (server) log.info('metrics listening', { url: `http://${values['metrics-host']}:${server.port}/metrics` });
 
   // The run id is the capture's, known once it is loaded; the spool and the publisher need it
@@ -126,7 +128,9 @@ export async function runProduce(argv: string[]): Promise<number> {
   type Events = Parameters<CaptureOptions['onEvents']>[0];
   const early: Events[] = [];
   let deliver: (events: Events) => void = (events) => void early.push(events);
-  const captureLog = values['capture-log'] ? fs.createWriteStream(values['capture-log'], { flags: 'a' }) : null;
+  // Written synchronously, so that what it lists was handed to the publisher even when a
+  // second signal ends the process at once.
+  const captureLog = values['capture-log'] ? fs.openSync(values['capture-log'], 'a') : null;
 
   let failure: Error | null = null;
   let publisher: Publisher | null = null;
@@ -134,7 +138,7 @@ export async function runProduce(argv: string[]): Promise<number> {
   const captureOptions = {
     ringBytes: positiveInt(values['ring-bytes'], '--ring-bytes'),
     onEvents: (events: Events) => {
-      if (captureLog) captureLog.write(events.map((e) => `${e.connId} ${e.seq}\n`).join(''));
+      if (captureLog !== null) fs.writeSync(captureLog, events.map((e) => `${e.connId} ${e.seq}\n`).join(''));
       deliver(events);
     },
     // Confirmed kernel (or addon) loss, each sequence range once, from the capture.
@@ -198,7 +202,7 @@ export async function runProduce(argv: string[]): Promise<number> {
   // Everything the kernel handed over reaches enqueue before stop() resolves.
   await capture.stop();
   const result = await pub.stop(shutdownMs);
-  if (captureLog) await new Promise<void>((resolve) => captureLog.end(() => resolve()));
+  if (captureLog !== null) fs.closeSync(captureLog);
   server?.close();
   log.info('stopped', { capture: capture.stats(), publisher: pub.getStats(), ...result });
   return failure || result.lost > 0 ? 1 : 0;

@@ -140,10 +140,11 @@ export class Publisher {
       connectionTimeout: 3000,
       logCreator: () => ({ namespace, level, log }) => {
         const { message, ...extra } = log;
-        // While Kafka is away kafkajs logs every failed attempt; the drain loop logs once.
-        if (this.connected === false && level > logLevel.ERROR) return;
+        // While Kafka is away kafkajs logs every failed attempt as an error; the drain loop
+        // says it once ('kafka unavailable'), so kafkajs' own lines go to debug meanwhile.
         const fields = { namespace, ...extra };
-        if (level <= logLevel.ERROR) opts.log.warn(String(message), fields);
+        const away = !this.connected || this.lastError !== '';
+        if (level <= logLevel.ERROR && !away) opts.log.warn(String(message), fields);
         else opts.log.debug(String(message), fields);
       },
     });
