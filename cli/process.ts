@@ -29,6 +29,8 @@ Options:
   --metrics-host ADDR   address they listen on (default 127.0.0.1)
   --retention-days N    drop partitions older than N days (default 0: keep all) [env TCPAUDIT_RETENTION_DAYS]
   --idle-limit SECONDS  a host silent this long has its open connections expired (default 3600)
+  --session-timeout MS  consumer group session timeout (default 30000; a killed instance's
+                        partitions move after this long)
   --log-level LEVEL     debug, info, warn or error                [env TCPAUDIT_LOG_LEVEL]
 ${KAFKA_SECURITY_HELP}  -h, --help            this text
 
@@ -85,6 +87,7 @@ export async function runProcess(argv: string[]): Promise<number> {
       'metrics-host': { type: 'string' },
       'retention-days': { type: 'string' },
       'idle-limit': { type: 'string' },
+      'session-timeout': { type: 'string' },
       'log-level': { type: 'string' },
       ...kafkaFlagSpecs,
       help: { type: 'boolean', short: 'h' },
@@ -103,6 +106,7 @@ export async function runProcess(argv: string[]): Promise<number> {
   const metricsPort = intFlag(values['metrics-port'] ?? process.env.TCPAUDIT_METRICS_PORT, '--metrics-port', 9465);
   const retentionDays = intFlag(values['retention-days'] ?? process.env.TCPAUDIT_RETENTION_DAYS, '--retention-days', 0);
   const idleLimit = intFlag(values['idle-limit'], '--idle-limit', 3600, 1);
+  const sessionTimeout = intFlag(values['session-timeout'], '--session-timeout', 30_000, 1000);
 
   const pool = new Pool({ ...pgDefaults(), max: concurrency + 3 });
   // An idle client that dies must not crash the process; the next batch gets a fresh one.
@@ -115,7 +119,7 @@ export async function runProcess(argv: string[]): Promise<number> {
     await dropExpiredPartitions(pool, log, retentionDays);
     await grantReader(pool, log);
     const consumer = new ProcessorConsumer({
-      kafka, topic, groupId, pool, decode: registryDecoder(createRegistry(url)), log, metrics, concurrency,
+      kafka, topic, groupId, pool, decode: registryDecoder(createRegistry(url)), log, metrics, concurrency, sessionTimeout,
     });
     const health = {
       consuming: () => consumer.consuming(),

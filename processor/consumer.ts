@@ -16,6 +16,7 @@ export interface ConsumerOptions {
   metrics?: ProcessorMetrics;
   /** Partitions processed at once, each in its own transaction (the pool needs as many clients). */
   concurrency?: number;
+  sessionTimeout?: number;
 }
 
 export interface ProcessorStats {
@@ -71,7 +72,12 @@ export class ProcessorConsumer {
         opts.log.warn(String(message), { namespace, ...extra });
       },
     });
-    this.consumer = this.kafka.consumer({ groupId: opts.groupId, maxBytesPerPartition: 4 << 20 });
+    this.consumer = this.kafka.consumer({
+      groupId: opts.groupId,
+      maxBytesPerPartition: 4 << 20,
+      sessionTimeout: opts.sessionTimeout ?? 30_000,
+      heartbeatInterval: Math.min(3000, Math.floor((opts.sessionTimeout ?? 30_000) / 3)),
+    });
   }
 
   consuming(): boolean {
