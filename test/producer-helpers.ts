@@ -66,12 +66,17 @@ export function readCaptureLog(file: string): Array<{ connId: string; seq: numbe
  * events in sequence order (one connection, one partition, offsets follow seq).
  */
 export function compareWithCapture(captured: Array<{ connId: string; seq: number }>, records: TopicRecord[]) {
-  const seen = new Map<number, number>();
-  for (const r of records) seen.set(r.value.seq as number, (seen.get(r.value.seq as number) ?? 0) + 1);
-  const missing = captured.filter((c) => !seen.has(c.seq)).map((c) => c.seq);
-  const duplicated = [...seen.entries()].filter(([, n]) => n > 1).map(([seq]) => seq);
-  const capturedSeqs = new Set(captured.map((c) => c.seq));
-  const unknown = [...seen.keys()].filter((s) => !capturedSeqs.has(s));
+  // seq restarts with each capture run; the connId carries the run id, so the pair is unique.
+  const id = (connId: unknown, seq: unknown) => `${String(connId)}/${String(seq)}`;
+  const seen = new Map<string, number>();
+  for (const r of records) {
+    const k = id(r.value.conn_id, r.value.seq);
+    seen.set(k, (seen.get(k) ?? 0) + 1);
+  }
+  const missing = captured.filter((c) => !seen.has(id(c.connId, c.seq))).map((c) => id(c.connId, c.seq));
+  const duplicated = [...seen.entries()].filter(([, n]) => n > 1).map(([k]) => k);
+  const capturedIds = new Set(captured.map((c) => id(c.connId, c.seq)));
+  const unknown = [...seen.keys()].filter((k) => !capturedIds.has(k));
   const wrongKey = records.filter((r) => r.key !== r.value.conn_id).length;
   const sorted = [...records].sort((a, b) => a.partition - b.partition || a.offset - b.offset);
   const last = new Map<string, { seq: number; partition: number }>();
