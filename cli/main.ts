@@ -9,6 +9,7 @@ Commands:
   doctor                     check that capture can work here (kernel, BTF, capabilities)
   produce                    capture and publish to Kafka
   process                    consume from Kafka and write audit rows to PostgreSQL
+  query                      answer audit questions (read-only role), as a table or JSON
 
 Run "tcpaudit <command> --help" for a command's options.
 `;
@@ -22,6 +23,7 @@ const COMMANDS: Record<string, () => Command> = {
   doctor: () => require('./doctor').runDoctor,
   produce: () => require('./produce').runProduce,
   process: () => require('./process').runProcess,
+  query: () => require('./query').runQuery,
 };
 
 function isUsageError(err: unknown): boolean {

@@ -1,0 +1,84 @@
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { Client } from 'pg';
+import { endpoints, uniqueName } from './harness';
+import { CLI } from './processes';
+import { createRegistry } from '../common/registry';
+import { registryDecoder } from '../processor/decode';
+import { handleBatch } from '../processor/handler';
+import { buildQuery, parseFilters, readOnlySession, WritableSessionError } from '../cli/query';
+import { encodeEvent, freshDatabase, registerSchemas, syntheticStream, type TestDatabase } from './processor-helpers';
+
+const run = promisify(execFile);
+let db: TestDatabase;
+
+before(async () => {
+  const env = (await endpoints()).env;
+  db = await freshDatabase(env);
+  const topic = uniqueName('tcpaudit.query');
+  const schemas = await registerSchemas(env.SCHEMA_REGISTRY_URL, topic);
+  const stream = syntheticStream(40, 2, Date.now() * 1000 - 60_000_000, 'q');
+  await handleBatch(stream.changes.map((c, i) => ({ topic, partition: 0, offset: String(i), key: null, value: encodeEvent(schemas, c) })),
+    db.pool, registryDecoder(createRegistry(env.SCHEMA_REGISTRY_URL)), 'q');
+});
+
+after(async () => {
+  await db?.drop();
+});
+
+const count = async (argv: string[]) => {
+  const { text, values } = buildQuery(parseFilters(argv).filters);
+  return (await db.pool.query(text, values)).rowCount;
+};
+
+test('query: each filter narrows with parameters only', async () => {
+  assert.equal(await count([]), 40);
+  assert.equal(await count(['--outcome', 'refused']), 5);
+  assert.equal(await count(['--role', 'listener']), 5);
+  assert.equal(await count(['--host', 'host1']), 20);
+  assert.equal(await count(['--remote-port', '443', '--outcome', 'reset']), 5);
+  assert.equal(await count(['--port', '443']), 35);
+  assert.equal(await count(['--addr', '10.9.0.2']), 35);
+  assert.equal(await count(['--comm', 'proc0']), 8);
+  assert.equal(await count(['--pid', '100']), 20);
+  assert.equal(await count(['--since', '10m']), 40);
+  assert.equal(await count(['--until', '10m']), 0);
+  assert.equal(await count(['--limit', '3']), 3);
+  const injected = buildQuery(parseFilters(['--comm', "x' OR '1'='1"]).filters);
+  assert.doesNotMatch(injected.text, /OR '1'/);
+  assert.equal((await db.pool.query(injected.text, injected.values)).rowCount, 0);
+  assert.throws(() => parseFilters(['--outcome', 'bogus']), /bad --outcome/);
+});
+
+test('query: refuses a login that can write, and its session cannot write anyway', async () => {
+  const c = new Client({ host: db.env.PGHOST, port: Number(db.env.PGPORT), user: db.env.PGUSER, password: db.env.PGPASSWORD, database: db.name });
+  await c.connect();
+  try {
+    await assert.rejects(readOnlySession(c), WritableSessionError);
+    await assert.rejects(c.query("INSERT INTO host_runs VALUES ('h', 'b', 'r', now(), now())"), (err: { code?: string }) => err.code === '25006');
+  } finally {
+    await c.end();
+  }
+  const child = await run(process.execPath, [CLI, 'query', '--json'], { env: { ...process.env, ...db.env } }).catch((e) => e);
+  assert.equal(child.code, 3);
+  assert.match(child.stderr, /refusing to run: role tcpaudit can write/);
+});
+
+// Needs a login in tcpaudit_reader, which only an administrator can make (CREATEROLE):
+// TCPAUDIT_TEST_READER_USER / TCPAUDIT_TEST_READER_PASSWORD name one.
+const reader = process.env.TCPAUDIT_TEST_READER_USER;
+test('query: runs on the reader role, and an INSERT through its connection fails', { skip: reader ? false : 'no tcpaudit_reader login: set TCPAUDIT_TEST_READER_USER and _PASSWORD' }, async () => {
+  const env = { ...process.env, ...db.env, PGUSER: reader!, PGPASSWORD: process.env.TCPAUDIT_TEST_READER_PASSWORD ?? '' };
+  const { stdout } = await run(process.execPath, [CLI, 'query', '--json', '--outcome', 'refused'], { env });
+  assert.equal(JSON.parse(stdout).length, 5);
+  const c = new Client({ host: db.env.PGHOST, port: Number(db.env.PGPORT), user: reader, password: env.PGPASSWORD, database: db.name });
+  await c.connect();
+  try {
+    await readOnlySession(c);
+    await assert.rejects(c.query("INSERT INTO host_runs VALUES ('h', 'b', 'r', now(), now())"));
+  } finally {
+    await c.end();
+  }
+});
