@@ -74,6 +74,7 @@ BpfSession::BpfSession(const std::string &objectPath, const SessionConfig &confi
       throw failure("attach tp_btf/inet_sock_set_state", err);
     }
     mEventsFd = bpf_map__fd(events);
+    mProgFd = bpf_program__fd(prog);
   } catch (...) {
     destroy();
     throw;
@@ -93,6 +94,18 @@ void BpfSession::destroy() {
   }
   mLosses = nullptr;
   mEventsFd = -1;
+  mProgFd = -1;
+}
+
+ProgramStats BpfSession::programStats() const {
+  ProgramStats out;
+  bpf_prog_info info{};
+  uint32_t len = sizeof(info);
+  if (mProgFd >= 0 && bpf_obj_get_info_by_fd(mProgFd, &info, &len) == 0) {
+    out.runTimeNs = info.run_time_ns;
+    out.runCount = info.run_cnt;
+  }
+  return out;
 }
 
 // Writes the `const volatile` knobs into .rodata before load. Without a skeleton we find

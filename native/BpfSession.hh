@@ -30,6 +30,12 @@ struct SessionConfig {
   std::vector<tcpaudit_cidr> filterCidrs;  // at most TCPAUDIT_MAX_CIDRS; empty: every address
 };
 
+// The kernel's run statistics of our program (non-zero only with kernel.bpf_stats_enabled=1).
+struct ProgramStats {
+  uint64_t runTimeNs = 0;
+  uint64_t runCount = 0;
+};
+
 // Owns the BPF object and its attachment.
 // Threads: everything runs on the JS thread; the ring buffer fd is read by the drain thread,
 // which must be joined before the destructor runs.
@@ -43,6 +49,7 @@ public:
 
   int eventsFd() const { return mEventsFd; }
   KernelLosses losses() const;
+  ProgramStats programStats() const;
 
 private:
   void setRodata(const SessionConfig &config);
@@ -51,6 +58,7 @@ private:
   bpf_object *mObj = nullptr;
   bpf_link *mLink = nullptr;
   bpf_map *mLosses = nullptr;
+  int mProgFd = -1;
   int mEventsFd = -1;
 };
 

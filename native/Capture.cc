@@ -162,6 +162,9 @@ Napi::Value Capture::stats(const Napi::CallbackInfo &info) {
   out.Set("droppedBatches", num(mStats.droppedBatches.load()));
   out.Set("batches", num(mStats.batches.load()));
   out.Set("events", num(mStats.events.load()));
+  ProgramStats prog = mSession ? mSession->programStats() : ProgramStats{};
+  out.Set("progRunTimeNs", num(prog.runTimeNs));
+  out.Set("progRunCount", num(prog.runCount));
   return out;
 }
 

@@ -53,6 +53,12 @@ export interface CaptureStats {
   /** Batches and records handed to JS by the addon. */
   batches: number;
   events: number;
+  /**
+   * The kernel's run time and run count of our BPF program; they only move while the sysctl
+   * kernel.bpf_stats_enabled is 1 (bench/capture.ts turns it on). 0 once stopped.
+   */
+  progRunTimeNs: number;
+  progRunCount: number;
   /** Records that failed to decode (their batch is reported through onError). */
   decodeFailed: number;
   /**
@@ -85,6 +91,8 @@ interface NativeStats {
   droppedBatches: number;
   batches: number;
   events: number;
+  progRunTimeNs: number;
+  progRunCount: number;
 }
 
 interface NativeCapture {
