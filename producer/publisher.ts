@@ -10,11 +10,14 @@ import { toAvro } from './record';
 import type { Dropped, Lease, Overflow, Spool } from './spool';
 
 /**
- * Compression of produce requests: GZIP. It is the one codec kafkajs carries itself (Snappy,
- * LZ4 and ZSTD need codec packages, two of them native builds), our records compress well
- * under it (host, boot id, addresses and comm repeat from record to record: about 4:1 on
- * bench/producer.ts's records), and kafkajs runs it on libuv's thread pool, off the thread
- * that takes batches from the capture. `none` is there for CPU-starved hosts.
+ * Compression of produce requests: GZIP by default. It is the one codec kafkajs carries itself
+ * (Snappy, LZ4 and ZSTD need codec packages: the pure-JS Snappy one would compress on the
+ * main thread, the others are native builds), our records compress very well under it (host,
+ * boot id, comm and address prefixes repeat from record to record: 7:1 on bench/producer.ts's
+ * synthetic records, less on real traffic), and Node runs zlib on libuv's thread pool, off
+ * the thread that takes batches from the capture. A fleet pays in network and broker disk;
+ * gzip pays in CPU (on this 2-core bench machine, gzip publishes about a quarter fewer events
+ * a second than none): `--compression none` is there for CPU-starved hosts next to their broker.
  */
 export const COMPRESSION = { gzip: CompressionTypes.GZIP, none: CompressionTypes.None } as const;
 export type Compression = keyof typeof COMPRESSION;
@@ -90,6 +93,37 @@ export interface StopResult {
 }
 
 const GAPS_FILE = 'gaps.jsonl';
+const SLAB_BYTES = 256 << 10;
+
+/** avsc's Type.encode: writes at pos, returns the end, or minus the bytes missing. */
+interface AvroEncoder {
+  encode(value: unknown, buf: Buffer, pos: number): number;
+}
+
+/**
+ * kafkajs' default partitioner (murmur2 of the key, as Java clients hash) with the answer
+ * remembered per key: each connection sends several events, and the stock one hashes and
+ * filters the partition list again for every message.
+ */
+function cachedKeyPartitioner() {
+  const inner = Partitioners.DefaultPartitioner();
+  let cache = new Map<string, number>();
+  let partitions = -1;
+  return (args: Parameters<ReturnType<typeof Partitioners.DefaultPartitioner>>[0]): number => {
+    const key = args.message.key;
+    if (typeof key !== 'string') return inner(args);
+    if (args.partitionMetadata.length !== partitions || cache.size > 200_000) {
+      cache = new Map();
+      partitions = args.partitionMetadata.length;
+    }
+    let p = cache.get(key);
+    if (p === undefined) {
+      p = inner(args);
+      cache.set(key, p);
+    }
+    return p;
+  };
+}
 const RETRY_MIN_MS = 250;
 const RETRY_MAX_MS = 5000;
 
@@ -127,6 +161,8 @@ export class Publisher {
   private retryAt = 0;
   private backoffMs = RETRY_MIN_MS;
   private lastError = '';
+  private slab = Buffer.alloc(0);
+  private slabAt = 0;
 
   constructor(private readonly opts: PublisherOptions) {
     this.log = opts.log;
@@ -153,7 +189,12 @@ export class Publisher {
     this.producer = this.kafka.producer({
       idempotent: true,
       maxInFlightRequests: 1,
-      createPartitioner: Partitioners.DefaultPartitioner, // murmur2, as Java clients hash keys
+      createPartitioner: cachedKeyPartitioner,
+      // kafkajs retries an idempotent send forever unless told otherwise, and warns when told:
+      // here the drain loop resends the very same batch after a failure, with the same
+      // sequence numbers (kafkajs advances them only on success), which is what its own
+      // retry would do, but a send that gives up lets shutdown spool the batch instead of hanging.
+      retry: { retries: 5, initialRetryTime: 100, maxRetryTime: 2000 },
     });
     if (opts.spool) this.loadGaps();
     if (opts.spool && opts.spool.records > 0) {
@@ -187,13 +228,32 @@ export class Publisher {
     this.connected = true;
   }
 
+  /**
+   * Confluent framing (magic byte 0, schema id, Avro body) written straight into a shared slab:
+   * one small allocation per event instead of three, which the garbage collector notices at
+   * 100,000 events a second. A slab lives until its last message is sent.
+   */
   private encode(event: TcpEvent): Pending {
-    const payload = this.opts.valueType.toBuffer(toAvro(event));
-    const value = Buffer.allocUnsafe(5 + payload.length);
-    value[0] = 0; // Confluent framing: magic byte, schema id, Avro body
-    value.writeUInt32BE(this.opts.schemaId, 1);
-    payload.copy(value, 5);
-    return { key: event.connId, value, seq: event.seq, runId: this.opts.origin.runId };
+    const record = toAvro(event);
+    for (;;) {
+      if (this.slab.length - this.slabAt < 5 + 64) this.newSlab();
+      const start = this.slabAt;
+      this.slab[start] = 0;
+      this.slab.writeUInt32BE(this.opts.schemaId, start + 1);
+      const end = (this.opts.valueType as unknown as AvroEncoder).encode(record, this.slab, start + 5);
+      if (end > 0) {
+        this.slabAt = end;
+        return { key: event.connId, value: this.slab.subarray(start, end), seq: event.seq, runId: this.opts.origin.runId };
+      }
+      // Did not fit: -end is how much more it needed; a fresh slab always holds one record.
+      if (this.slabAt === 0) throw new Error(`record of ${-end} bytes does not fit a slab`);
+      this.newSlab();
+    }
+  }
+
+  private newSlab(): void {
+    this.slab = Buffer.allocUnsafe(SLAB_BYTES);
+    this.slabAt = 0;
   }
 
   /** Takes events from the capture; never blocks, never throws for a full queue. */

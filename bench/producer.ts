@@ -1,0 +1,232 @@
+/**
+ * Producer throughput against the local broker (`tcpaudit stack up`), side by side:
+ *  - tcpaudit: synthetic TcpEvents through the real Publisher (Avro, batching, compression,
+ *    idempotence, acks=all), fed in batches of 1,000 as the capture hands them over;
+ *  - plain kafkajs: the same framed Avro payloads, one message per awaited send() call.
+ * Each run is a child process of its own, so CPU and RSS are that variant's only. Prints the
+ * median of the runs: sustained published events/s, CPU, and RSS, also per 1,000 events/s.
+ *
+ *   node dist/bench/producer.js [--runs 3] [--events 400000] [--seconds 20]
+ *
+ * Bounded: each run stops at --events or --seconds, whichever comes first.
+ */
+import { spawnSync } from 'node:child_process';
+import { parseArgs } from 'node:util';
+import { Kafka, logLevel } from 'kafkajs';
+import type { TcpEvent } from '../common/event';
+import { kafkaClientSettings } from '../common/kafka-config';
+import { createLogger } from '../common/log';
+import { createRegistry, registerValueSchema } from '../common/registry';
+import { registerGapSchema } from '../producer/gaps';
+import { ProducerMetrics } from '../producer/metrics';
+import { Publisher, type Compression } from '../producer/publisher';
+import { toAvro } from '../producer/record';
+
+const BROKERS = process.env.KAFKA_BROKERS ?? '127.0.0.1:19092';
+const REGISTRY = process.env.SCHEMA_REGISTRY_URL ?? 'http://127.0.0.1:18081/apis/ccompat/v7';
+
+interface Result {
+  variant: string;
+  events: number;
+  seconds: number;
+  rate: number;
+  cpuPercent: number;
+  cpuMsPer1k: number;
+  rssMb: number;
+}
+
+function syntheticEvents(from: number, n: number): TcpEvent[] {
+  const out: TcpEvent[] = new Array(n);
+  for (let i = 0; i < n; i++) {
+    const seq = from + i;
+    const conn = Math.floor(seq / 6); // six state changes per connection, like a short TCP life
+    out[i] = {
+      seq,
+      connId: `3f2a9c1b-18c4d2e1f-${conn.toString(16)}`,
+      host: 'bench-host-01.example.internal',
+      bootId: '3f2a9c1b-5d6e-4f70-8a9b-0c1d2e3f4a5b',
+      timeNs: 1_764_000_000_000_000_000n + BigInt(seq) * 1000n,
+      family: 4,
+      localAddr: '10.1.2.3',
+      localPort: 30000 + (conn % 30000),
+      remoteAddr: `10.9.${(conn >> 8) & 255}.${conn & 255}`,
+      remotePort: 5432,
+      oldState: 'SYN-SENT',
+      newState: 'ESTABLISHED',
+      pid: 4000 + (conn % 50),
+      tid: 4000 + (conn % 50),
+      comm: 'postgres-client',
+      uid: 1000,
+      netns: 4026531840,
+      cgroupId: 12345n,
+      bytesSent: BigInt(seq % 100000),
+      bytesReceived: BigInt(seq % 70000),
+      segsOut: seq % 100,
+      segsIn: seq % 90,
+      retransmits: 0,
+      srttUs: 250,
+      sockInode: 100000 + conn,
+      sockUid: 1000,
+      sockGid: 1000,
+    };
+  }
+  return out;
+}
+
+/** Registered under one fixed subject pair, so runs do not pile up subjects in the registry. */
+async function schemas(_topic: string) {
+  const registry = createRegistry(REGISTRY);
+  const value = await registerValueSchema(registry, REGISTRY, 'tcpaudit.bench');
+  const gap = await registerGapSchema(registry, REGISTRY, 'tcpaudit.bench');
+  return { value, gap };
+}
+
+function measure(variant: string, events: number, startNs: bigint, cpu0: NodeJS.CpuUsage, rssPeak: number): Result {
+  const seconds = Number(process.hrtime.bigint() - startNs) / 1e9;
+  const cpu = process.cpuUsage(cpu0);
+  const cpuSeconds = (cpu.user + cpu.system) / 1e6;
+  const rate = events / seconds;
+  return {
+    variant, events, seconds, rate,
+    cpuPercent: (100 * cpuSeconds) / seconds,
+    cpuMsPer1k: (1000 * cpuSeconds) / (events / 1000),
+    rssMb: rssPeak / (1 << 20),
+  };
+}
+
+async function runPublisher(topic: string, total: number, seconds: number, compression: Compression): Promise<Result> {
+  const { value, gap } = await schemas(topic);
+  const log = createLogger('bench', 'warn');
+  const publisher = new Publisher({
+    kafka: kafkaClientSettings({ brokers: BROKERS }, 'tcpaudit-bench', {}),
+    topic, partitions: 6, replicationFactor: 1,
+    schemaId: value.id, valueType: value.type, gapSchemaId: gap.id, gapType: gap.type,
+    origin: { host: 'bench-host-01', bootId: 'x', runId: '1' },
+    maxQueued: 200_000, maxBatch: Number(process.env.BENCH_MAX_BATCH ?? 5000), compression, spool: null, overflow: 'drop-newest',
+    metrics: new ProducerMetrics(), log,
+  });
+  publisher.start();
+  // Warm up: connect, create the topic, first metadata.
+  publisher.enqueue(syntheticEvents(0, 1000));
+  while (publisher.getStats().published < 1000) await new Promise((r) => setTimeout(r, 20));
+
+  let fed = 1000;
+  let rssPeak = 0;
+  const deadline = Date.now() + seconds * 1000;
+  const cpu0 = process.cpuUsage();
+  const start = process.hrtime.bigint();
+  const base = publisher.getStats().published;
+  while (publisher.getStats().published - base < total - 1000 && Date.now() < deadline) {
+    // Feed like the capture does (1,000-event batches), never past the memory queue's limit.
+    if (fed - 1000 < total - 1000 && publisher.getStats().queued < 30_000) {
+      publisher.enqueue(syntheticEvents(fed, 1000));
+      fed += 1000;
+    }
+    rssPeak = Math.max(rssPeak, process.memoryUsage.rss());
+    await new Promise((r) => setImmediate(r));
+    if (publisher.getStats().queued >= 30_000) await new Promise((r) => setTimeout(r, 5));
+  }
+  const published = publisher.getStats().published - base;
+  if (process.env.BENCH_MEM) process.stderr.write(JSON.stringify(process.memoryUsage()) + '\n');
+  const result = measure(`tcpaudit Publisher (${compression})`, published, start, cpu0, rssPeak);
+  const dropped = publisher.getStats().dropped.user_queue;
+  await publisher.stop(5000);
+  if (dropped > 0) throw new Error(`bench dropped ${dropped} events: the feed outran the queue`);
+  return result;
+}
+
+async function runPlain(topic: string, total: number, seconds: number): Promise<Result> {
+  const { value } = await schemas(topic);
+  const kafka = new Kafka({ clientId: 'tcpaudit-bench-plain', brokers: [BROKERS], logLevel: logLevel.WARN });
+  const admin = kafka.admin();
+  await admin.connect();
+  await admin.createTopics({ waitForLeaders: true, topics: [{ topic, numPartitions: 6 }] });
+  await admin.disconnect();
+  const producer = kafka.producer();
+  await producer.connect();
+  const frame = (e: TcpEvent) => {
+    const body = value.type.toBuffer(toAvro(e));
+    const out = Buffer.allocUnsafe(5 + body.length);
+    out[0] = 0;
+    out.writeUInt32BE(value.id, 1);
+    body.copy(out, 5);
+    return out;
+  };
+  let rssPeak = 0;
+  let sent = 0;
+  const deadline = Date.now() + seconds * 1000;
+  const cpu0 = process.cpuUsage();
+  const start = process.hrtime.bigint();
+  while (sent < total && Date.now() < deadline) {
+    for (const e of syntheticEvents(sent, 1000)) {
+      await producer.send({ topic, acks: -1, messages: [{ key: e.connId, value: frame(e) }] });
+      sent++;
+      if (Date.now() >= deadline) break;
+    }
+    rssPeak = Math.max(rssPeak, process.memoryUsage.rss());
+  }
+  const result = measure('plain kafkajs, 1 msg/send()', sent, start, cpu0, rssPeak);
+  await producer.disconnect();
+  return result;
+}
+
+async function child(variant: string, total: number, seconds: number): Promise<void> {
+  const topic = `tcpaudit.bench.${Date.now().toString(36)}.${Math.random().toString(36).slice(2, 6)}`;
+  const result = variant === 'plain'
+    ? await runPlain(topic, total, seconds)
+    : await runPublisher(topic, total, seconds, variant as Compression);
+  // Our topics only: the bench leaves nothing behind on the shared broker.
+  const admin = new Kafka({ clientId: 'tcpaudit-bench-admin', brokers: [BROKERS], logLevel: logLevel.NOTHING }).admin();
+  await admin.connect();
+  await admin.deleteTopics({ topics: [topic, `${topic}.gaps`].filter((t) => variant !== 'plain' || t === topic) }).catch(() => undefined);
+  await admin.disconnect();
+  process.stdout.write(JSON.stringify(result) + '\n');
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      runs: { type: 'string', default: '3' },
+      events: { type: 'string', default: '400000' },
+      seconds: { type: 'string', default: '20' },
+      plainSeconds: { type: 'string', default: '8' },
+      variants: { type: 'string', default: 'gzip,none,plain' },
+      child: { type: 'string' },
+    },
+  });
+  if (values.child) {
+    const seconds = Number(values.child === 'plain' ? values.plainSeconds : values.seconds);
+    await child(values.child, Number(values.events), seconds);
+    return;
+  }
+  const rows: Result[] = [];
+  for (const variant of values.variants!.split(',')) {
+    const runs: Result[] = [];
+    for (let i = 0; i < Number(values.runs); i++) {
+      const res = spawnSync(process.execPath, [__filename, '--child', variant, '--events', values.events!,
+        '--seconds', values.seconds!, '--plainSeconds', values.plainSeconds!], { encoding: 'utf8', timeout: 120_000 });
+      const line = res.stdout.trim().split('\n').pop() ?? '';
+      if (res.status !== 0 || !line.startsWith('{')) throw new Error(`bench run failed: ${res.stderr.slice(-2000)}`);
+      runs.push(JSON.parse(line));
+      process.stderr.write(`  ${variant} run ${i + 1}: ${Math.round(runs[i].rate)} ev/s\n`);
+    }
+    const mid = runs.find((r) => r.rate === median(runs.map((x) => x.rate)))!;
+    rows.push({ ...mid, cpuPercent: median(runs.map((r) => r.cpuPercent)),
+      cpuMsPer1k: median(runs.map((r) => r.cpuMsPer1k)), rssMb: median(runs.map((r) => r.rssMb)) });
+  }
+  const pad = (s: string, n: number) => s.padEnd(n);
+  process.stdout.write(`\nmedian of ${values.runs} runs, broker ${BROKERS}, ${process.env.BENCH_NOTE ?? ''}\n`);
+  process.stdout.write(`${pad('variant', 32)}${pad('events/s', 12)}${pad('CPU %', 8)}${pad('CPU ms/1k ev', 14)}` +
+    `${pad('RSS MB', 9)}RSS MB per 1k ev/s\n`);
+  for (const r of rows) {
+    process.stdout.write(`${pad(r.variant, 32)}${pad(String(Math.round(r.rate)), 12)}${pad(r.cpuPercent.toFixed(0), 8)}` +
+      `${pad(r.cpuMsPer1k.toFixed(1), 14)}${pad(r.rssMb.toFixed(0), 9)}${(r.rssMb / (r.rate / 1000)).toFixed(2)}\n`);
+  }
+}
+
+main().catch((err) => {
+  process.stderr.write(`${(err as Error).stack}\n`);
+  process.exit(1);
+});
