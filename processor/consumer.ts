@@ -2,7 +2,7 @@ import { Kafka, logLevel, type Consumer, type EachBatchPayload, type KafkaConfig
 import type { Pool } from 'pg';
 import type { Logger } from '../common/log';
 import type { Decode } from './decode';
-import { handleBatch, type DeadLetter, type SourceRecord } from './handler';
+import { handleBatch, type BatchResult, type DeadLetter, type SourceRecord } from './handler';
 import type { ProcessorMetrics } from './metrics';
 
 export interface ConsumerOptions {
@@ -17,6 +17,8 @@ export interface ConsumerOptions {
   /** Partitions processed at once, each in its own transaction (the pool needs as many clients). */
   concurrency?: number;
   sessionTimeout?: number;
+  /** Called after each committed batch (benchmarks, tests). */
+  onBatchResult?: (result: BatchResult) => void;
 }
 
 export interface ProcessorStats {
@@ -75,6 +77,7 @@ export class ProcessorConsumer {
     this.consumer = this.kafka.consumer({
       groupId: opts.groupId,
       maxBytesPerPartition: 4 << 20,
+      maxWaitTimeInMs: 250,
       sessionTimeout: opts.sessionTimeout ?? 30_000,
       heartbeatInterval: Math.min(3000, Math.floor((opts.sessionTimeout ?? 30_000) / 3)),
     });
@@ -185,6 +188,7 @@ export class ProcessorConsumer {
       const result = await handleBatch(records, this.opts.pool, this.opts.decode, this.opts.groupId, {
         deadLetterSink: (letters) => this.sendDeadLetters(letters),
       });
+      this.opts.onBatchResult?.(result);
       this.stats.batches++;
       this.stats.inserted += result.inserted;
       this.stats.duplicates += result.duplicates;

@@ -36,7 +36,8 @@ export interface BatchResult {
   connections: number;
   /** Kernel times (µs) of the events this batch inserted, for the end-to-end histogram. */
   eventTimesUs: number[];
-  /** Wall-clock time (ms) the transaction committed. */
+  /** Wall-clock times (ms) the batch started and its transaction committed. */
+  startedAtMs: number;
   committedAtMs: number;
 }
 
@@ -212,6 +213,7 @@ export async function handleBatch(
   groupId: string,
   options: BatchOptions = {},
 ): Promise<BatchResult> {
+  const startedAtMs = Date.now();
   const events: DecodedEvent[] = [];
   const gaps: DecodedGap[] = [];
   const dead: DeadLetter[] = [];
@@ -268,6 +270,7 @@ export async function handleBatch(
     gaps: gapRows,
     connections: conns.size,
     eventTimesUs: freshChanges.map((c) => c.timeUs),
+    startedAtMs,
     committedAtMs,
   };
 }

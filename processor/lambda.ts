@@ -64,7 +64,7 @@ export function lambdaHandler(opts: LambdaAdapterOptions): (event: LambdaKafkaEv
   return async (event) => {
     const records = recordsFromLambdaEvent(event);
     if (records.length === 0) {
-      return { inserted: 0, duplicates: 0, deadLetters: 0, gaps: 0, connections: 0, eventTimesUs: [], committedAtMs: Date.now() };
+      return { inserted: 0, duplicates: 0, deadLetters: 0, gaps: 0, connections: 0, eventTimesUs: [], startedAtMs: Date.now(), committedAtMs: Date.now() };
     }
     return handleBatch(records, opts.pool, opts.decode, opts.groupId, { deadLetterSink: opts.deadLetterSink });
   };
