@@ -161,6 +161,7 @@ export class Publisher {
   private retryAt = 0;
   private backoffMs = RETRY_MIN_MS;
   private lastError = '';
+  private closed = false;
   private slab = Buffer.alloc(0);
   private slabAt = 0;
 
@@ -333,7 +334,7 @@ export class Publisher {
   }
 
   private async drain(): Promise<void> {
-    while (Date.now() >= this.retryAt) {
+    while (Date.now() >= this.retryAt && !this.closed) {
       try {
         if (!this.connected) await this.connect();
         if (this.gaps.length > 0) await this.sendGaps();
@@ -404,6 +405,7 @@ export class Publisher {
       compression: COMPRESSION[this.opts.compression],
       messages,
     });
+    if (this.closed) return; // stop() gave up on this send and spooled the batch
     this.metrics.publishLatency.observe(Number(process.hrtime.bigint() - started) / 1e9);
     this.metrics.batchSize.observe(batch.length);
     this.head += batch.length;
@@ -439,6 +441,7 @@ export class Publisher {
     } finally {
       this.gapsInFlight = 0;
     }
+    if (this.closed) return; // stop() gave up on this send: the gaps file has them
     const sent = this.gaps.splice(0, messages.length);
     if (this.opts.spool) fs.rmSync(path.join(this.opts.spool.dir, GAPS_FILE), { force: true });
     this.metrics.gapsPublished.inc(sent.length);
@@ -483,7 +486,12 @@ export class Publisher {
       (this.opts.spool?.records ?? 0) === 0;
     while (!empty() && Date.now() < until) {
       this.retryAt = Math.min(this.retryAt, Date.now());
-      await this.flush();
+      // A send to a broker that went silent can take kafkajs' whole retry budget: the
+      // deadline wins, and the batch in flight is spooled with the rest (if the broker did
+      // take it, the next run sends it twice: at least once, never lost).
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([this.flush(), new Promise((r) => (timer = setTimeout(r, Math.max(0, until - Date.now()))))]);
+      clearTimeout(timer);
       if (this.lastError) break; // Kafka is away: spool instead of waiting out the deadline
     }
     const result = this.persistRest();
@@ -500,6 +508,7 @@ export class Publisher {
   }
 
   private persistRest(): StopResult {
+    this.closed = true;
     const spool = this.opts.spool;
     const rest = this.queue.slice(this.head);
     this.queue = [];
