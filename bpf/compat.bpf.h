@@ -47,9 +47,9 @@ static __always_inline unsigned long tcpaudit_sk_flags(const struct sock *sk)
 	const struct sock___old *old = (const void *)sk;
 
 	if (bpf_core_field_exists(sk->__sk_common.skc_flags))
-		return BPF_CORE_READ(sk, __sk_common.skc_flags);
+		return sk->__sk_common.skc_flags;
 	if (bpf_core_field_exists(old->sk_flags))
-		return BPF_CORE_READ(old, sk_flags);
+		return old->sk_flags;
 	return 0;
 }
 

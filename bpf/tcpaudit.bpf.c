@@ -40,7 +40,7 @@ const volatile struct tcpaudit_cidr filter_cidrs[TCPAUDIT_MAX_CIDRS] = {};
 __u64 next_seq = 0;
 __u64 next_conn = 0;
 
-/* Who owns a socket and which connection it belongs to; deleted at TCP_CLOSE. */
+/* Who owns a socket and which connection it belongs to (socket-local storage). */
 struct sock_info {
 	__u64 conn_id;
 	__u64 cgroup_id;
@@ -50,7 +50,9 @@ struct sock_info {
 	__u32 netns;
 	__u8 proc_source;
 	__u8 active;    /* opened by connect(): its SYN counts in bytes_acked */
-	__u8 pad[6];
+	__u8 closed;    /* reached TCP_CLOSE: the next transition starts a new connection */
+	__u8 born;      /* 0 in fresh storage: the socket has not been seen yet */
+	__u8 pad[4];
 	char comm[TCPAUDIT_COMM_LEN];
 	__u64 sock_inode; /* remembered: the file is gone by the time an orphan closes */
 	__u32 sock_uid;
@@ -68,11 +70,16 @@ struct {
 	__uint(max_entries, 8 << 20); /* replaced by the loader (bpf_map__set_max_entries) */
 } events SEC(".maps");
 
-/* LRU so that a missed TCP_CLOSE costs an evicted entry, never a full map. */
+/*
+ * Per-socket state in socket-local storage: it lives and dies with the socket, so a reused
+ * sock address can never inherit it and a missed TCP_CLOSE leaks nothing; it also costs less
+ * than a hash update and delete per connection. A socket that closes and is used again
+ * (connect() after a refused connect()) is born again: see `closed`.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 131072);
-	__type(key, __u64); /* the sock pointer: a key only, never published */
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct sock_info);
 } socks SEC(".maps");
 
@@ -100,10 +107,6 @@ static __always_inline void count_loss(__u32 idx)
 		*v += 1; /* per-CPU slot: no other CPU writes it */
 }
 
-static __always_inline __u32 sock_netns(const struct sock *sk)
-{
-	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-}
 
 static __always_inline void fill_current(struct sock_info *info, __u8 source)
 {
@@ -118,12 +121,14 @@ static __always_inline void fill_current(struct sock_info *info, __u8 source)
 }
 
 /* First sight of a socket: give it a connection id and find the process it belongs to. */
-static __always_inline void birth(struct sock_info *info, const struct sock *sk, __u32 netns,
+static __always_inline void birth(struct sock_info *info, __u32 netns,
 				  __u16 sport, int oldstate, int newstate)
 {
 	struct listener_key lkey = { .netns = netns, .port = sport };
 	struct sock_info *listener;
 
+	__builtin_memset(info, 0, sizeof(*info));
+	info->born = 1;
 	info->conn_id = __sync_fetch_and_add(&next_conn, 1);
 	info->netns = netns;
 
@@ -161,11 +166,11 @@ static __always_inline void read_addrs(__u8 *saddr, __u8 *daddr, __u16 family,
 				       const struct sock *sk)
 {
 	if (family == AF_INET) {
-		bpf_core_read(saddr, 4, &sk->__sk_common.skc_rcv_saddr);
-		bpf_core_read(daddr, 4, &sk->__sk_common.skc_daddr);
+		*(__u32 *)saddr = sk->__sk_common.skc_rcv_saddr;
+		*(__u32 *)daddr = sk->__sk_common.skc_daddr;
 	} else {
-		bpf_core_read(saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
-		bpf_core_read(daddr, 16, &sk->__sk_common.skc_v6_daddr);
+		__builtin_memcpy(saddr, &sk->__sk_common.skc_v6_rcv_saddr, 16);
+		__builtin_memcpy(daddr, &sk->__sk_common.skc_v6_daddr, 16);
 	}
 }
 
@@ -179,31 +184,31 @@ static __always_inline void read_addrs(__u8 *saddr, __u8 *daddr, __u16 family,
  * after bytes_received has counted it; RCV_SHUTDOWN alone would also be set by close().
  */
 static __always_inline void read_counters(struct tcpaudit_event *e, const struct sock *sk,
-					  const struct sock_info *info, int oldstate)
+					  const struct tcp_sock *tp, const struct sock_info *info,
+					  int oldstate)
 {
-	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
 	__u64 acked = 0, received = 0;
 	bool fin_sent;
 
 	/* all present since v4.2; guarded so an unusual build fails soft, not at load */
 	if (bpf_core_field_exists(tp->bytes_acked))
-		acked = BPF_CORE_READ(tp, bytes_acked);
+		acked = tp->bytes_acked;
 	if (bpf_core_field_exists(tp->bytes_received))
-		received = BPF_CORE_READ(tp, bytes_received);
+		received = tp->bytes_received;
 	if (bpf_core_field_exists(tp->segs_out))
-		e->segs_out = BPF_CORE_READ(tp, segs_out);
+		e->segs_out = tp->segs_out;
 	if (bpf_core_field_exists(tp->segs_in))
-		e->segs_in = BPF_CORE_READ(tp, segs_in);
-	e->total_retrans = BPF_CORE_READ(tp, total_retrans);
-	e->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
+		e->segs_in = tp->segs_in;
+	e->total_retrans = tp->total_retrans;
+	e->srtt_us = tp->srtt_us >> 3;
 
 	if (info->active && acked > 0)
 		acked--;
 
 	fin_sent = oldstate == TCP_FIN_WAIT1 || oldstate == TCP_FIN_WAIT2 ||
 		   oldstate == TCP_CLOSING || oldstate == TCP_LAST_ACK;
-	if (fin_sent && acked > 0 && (BPF_CORE_READ(sk, sk_shutdown) & SEND_SHUTDOWN) &&
-	    BPF_CORE_READ(tp, snd_una) == BPF_CORE_READ(tp, write_seq))
+	if (fin_sent && acked > 0 && (sk->sk_shutdown & SEND_SHUTDOWN) &&
+	    tp->snd_una == tp->write_seq)
 		acked--;
 
 	if (received > 0 && (tcpaudit_sk_flags(sk) & (1UL << SOCK_DONE)))
@@ -220,19 +225,19 @@ static __always_inline void read_identity(struct sock_info *info, const struct s
 	struct file *file;
 
 	if (bpf_core_field_exists(sk->sk_uid))
-		info->sock_uid = BPF_CORE_READ(sk, sk_uid.val);
+		info->sock_uid = sk->sk_uid.val;
 	if (info->sock_inode)
 		return;
 
-	sock = BPF_CORE_READ(sk, sk_socket);
+	sock = sk->sk_socket;
 	if (!sock)
 		return;
-	file = BPF_CORE_READ(sock, file);
+	file = sock->file;
 	if (!file)
 		return;
-	info->sock_inode = BPF_CORE_READ(file, f_inode, i_ino);
+	info->sock_inode = file->f_inode->i_ino;
 	if (bpf_core_field_exists(file->f_cred))
-		info->sock_gid = BPF_CORE_READ(file, f_cred, fsgid.val);
+		info->sock_gid = file->f_cred->fsgid.val;
 }
 
 static __always_inline bool addr_in_cidr(const __u8 *addr, const volatile struct tcpaudit_cidr *c,
@@ -295,59 +300,74 @@ static __always_inline bool port_wanted(__u16 sport, __u16 dport)
 	return false;
 }
 
+/*
+ * tp_btf hands us `sk` as a trusted BTF pointer: plain loads through it (and through the
+ * pointers it leads to) are CO-RE relocated by vmlinux.h's preserve_access_index and checked
+ * by the verifier, at the cost of a load each instead of a bpf_probe_read_kernel() call.
+ */
 SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate)
+int BPF_PROG(handle_set_state, struct sock *sk, int oldstate, int newstate)
 {
-	struct sock_info fresh = {}, *info;
+	struct sock_info fresh, *info;
 	struct tcpaudit_event *e;
-	__u64 key = (__u64)sk;
+	struct tcp_sock *tp;
 	__u64 seq, avail;
 	__u16 family, sport, dport;
 	__u32 netns;
 
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
 
-	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	family = sk->__sk_common.skc_family;
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
 
-	netns = sock_netns(sk);
+	netns = sk->__sk_common.skc_net.net->ns.inum;
 	if (filter_netns && netns != filter_netns)
 		return 0;
 
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return 0;
+
 	/* inet_sport like the tracepoint itself: skc_num is already 0 on some paths to CLOSE */
-	sport = bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
-	dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	sport = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport);
+	dport = bpf_ntohs(sk->__sk_common.skc_dport);
 
 	/* bookkeeping for every socket, kept or not: its owner and identity must be right */
-	info = bpf_map_lookup_elem(&socks, &key);
+	info = bpf_sk_storage_get(&socks, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!info) {
-		birth(&fresh, sk, netns, sport, oldstate, newstate);
-		read_identity(&fresh, sk);
-		if (newstate != TCP_CLOSE && bpf_map_update_elem(&socks, &key, &fresh, BPF_ANY))
-			count_loss(TCPAUDIT_LOSS_SOCK_MAP);
+		/* no memory for storage: this event still goes out, under a one-off conn id */
+		count_loss(TCPAUDIT_LOSS_SOCK_MAP);
+		fresh.born = 0;
 		info = &fresh;
-	} else {
-		read_identity(info, sk);
 	}
+	if (!info->born || info->closed)
+		birth(info, netns, sport, oldstate, newstate);
+	read_identity(info, sk);
+	if (newstate == TCP_CLOSE)
+		info->closed = 1;
 
 	if (newstate == TCP_LISTEN) {
 		struct listener_key lkey = { .netns = netns, .port = sport };
 
 		if (bpf_map_update_elem(&listeners, &lkey, info, BPF_ANY))
 			count_loss(TCPAUDIT_LOSS_LISTENER_MAP);
+	} else if (newstate == TCP_CLOSE && oldstate == TCP_LISTEN) {
+		struct listener_key lkey = { .netns = netns, .port = sport };
+
+		bpf_map_delete_elem(&listeners, &lkey);
 	}
 
 	if (filter_port_count && !port_wanted(sport, dport))
-		goto out;
+		return 0;
 
 	if (filter_cidr_count) {
 		__u8 saddr[16] = {}, daddr[16] = {};
 
 		read_addrs(saddr, daddr, family, sk);
 		if (!addr_wanted(saddr, family) && !addr_wanted(daddr, family))
-			goto out;
+			return 0;
 	}
 
 	/* taken before the reserve so that a failed reserve leaves a visible gap */
@@ -356,7 +376,7 @@ int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count_loss(TCPAUDIT_LOSS_RING);
-		goto out;
+		return 0;
 	}
 
 	/* ring memory is not zeroed; holes and unread fields must not leak kernel bytes */
@@ -382,20 +402,10 @@ int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate
 	e->oldstate = oldstate;
 	e->newstate = newstate;
 	read_addrs(e->saddr, e->daddr, family, sk);
-	read_counters(e, sk, info, oldstate);
+	read_counters(e, sk, tp, info, oldstate);
 
 	/* no wake-up per event (the consumer drains on a timer) unless the ring fills up */
 	avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
 	bpf_ringbuf_submit(e, avail > ring_bytes / 2 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
-
-out:
-	if (newstate == TCP_CLOSE) {
-		bpf_map_delete_elem(&socks, &key);
-		if (oldstate == TCP_LISTEN) {
-			struct listener_key lkey = { .netns = netns, .port = sport };
-
-			bpf_map_delete_elem(&listeners, &lkey);
-		}
-	}
 	return 0;
 }

@@ -38,7 +38,7 @@ enum tcpaudit_proc_source {
 /* Slots of the per-CPU "losses" array: every way the kernel side can lose information. */
 enum tcpaudit_loss {
 	TCPAUDIT_LOSS_RING = 0,         /* ring buffer full: the record is gone, seq shows a gap */
-	TCPAUDIT_LOSS_SOCK_MAP = 1,     /* socks update failed: later events get a new conn id */
+	TCPAUDIT_LOSS_SOCK_MAP = 1,     /* socks storage not created: a one-off conn id */
 	TCPAUDIT_LOSS_LISTENER_MAP = 2, /* listeners update failed: children lose their process */
 	TCPAUDIT_LOSS_MAX = 3,
 };
