@@ -7,6 +7,7 @@
  *   capture-storm <seconds> <max-connections>
  */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,7 +58,17 @@ int main(int argc, char **argv)
 		if ((made & 63) == 0 && now() >= end)
 			break;
 		c = socket(AF_INET, SOCK_STREAM, 0);
-		if (c < 0 || connect(c, (struct sockaddr *)&addr, sizeof(addr))) {
+		if (c < 0) {
+			perror("capture-storm: failed to create socket");
+			return 1;
+		}
+		if (connect(c, (struct sockaddr *)&addr, sizeof(addr))) {
+			/* ephemeral ports used up (TIME-WAIT): stop early, the rate is still right */
+			if (errno == EADDRNOTAVAIL) {
+				fprintf(stderr, "capture-storm: out of ephemeral ports after %ld\n", made);
+				close(c);
+				break;
+			}
 			perror("capture-storm: failed to connect");
 			return 1;
 		}

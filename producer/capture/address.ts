@@ -11,12 +11,14 @@ function isV4Mapped(buf: Buffer, at: number): boolean {
   return buf[at + 10] === 0xff && buf[at + 11] === 0xff;
 }
 
+// Scratch space for ipv6Text: the decoder's hot path allocates no arrays per address.
+const groups = new Uint16Array(8);
+
 /** RFC 5952: lower case, no leading zeros, the longest run (>= 2) of zero groups as "::". */
 export function ipv6Text(buf: Buffer, at: number): string {
   if (isV4Mapped(buf, at)) return `::ffff:${ipv4Text(buf, at + 12)}`;
 
-  const groups: number[] = new Array(8);
-  for (let i = 0; i < 8; i++) groups[i] = buf.readUInt16BE(at + i * 2);
+  for (let i = 0; i < 8; i++) groups[i] = (buf[at + i * 2] << 8) | buf[at + i * 2 + 1];
 
   // Leftmost longest run of zero groups; a single zero group stays "0" per RFC 5952 4.2.2.
   let bestStart = -1;
@@ -35,10 +37,17 @@ export function ipv6Text(buf: Buffer, at: number): string {
     i = j;
   }
 
-  const hex = (from: number, to: number) =>
-    groups.slice(from, to).map((g) => g.toString(16)).join(':');
-  if (bestStart < 0) return hex(0, 8);
-  return `${hex(0, bestStart)}::${hex(bestStart + bestLen, 8)}`;
+  let out = '';
+  for (let i = 0; i < 8; i++) {
+    if (i === bestStart) {
+      out += i === 0 ? '::' : ':';
+      i += bestLen - 1;
+      continue;
+    }
+    out += groups[i].toString(16);
+    if (i < 7) out += ':';
+  }
+  return out;
 }
 
 /** A parsed CIDR for the in-kernel address filter (struct tcpaudit_cidr). */

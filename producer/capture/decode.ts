@@ -40,8 +40,47 @@ export function defaultContext(clockOffsetNs: bigint): DecodeContext {
  * across reboots. Unique per host; add the host name for a fleet-wide key.
  */
 export function connectionId(bootIdText: string, runId: bigint, counter: bigint): string {
+  return `${connectionPrefix(bootIdText, runId)}${counter.toString(16)}`;
+}
+
+function connectionPrefix(bootIdText: string, runId: bigint): string {
   const boot = bootIdText.replace(/-/g, '').slice(0, 8);
-  return `${boot}-${runId.toString(16)}-${counter.toString(16)}`;
+  return `${boot}-${runId.toString(16)}-`;
+}
+
+// The decoder reads 64-bit fields as two 32-bit halves: most values fit 32 bits, and a number
+// or a small BigInt costs far less than readBigUInt64LE on the hot path.
+const TWO_32 = 4294967296;
+
+/** A 64-bit field known to stay below 2^53 (sequence numbers, inodes), as a number. */
+function u64Number(buf: Buffer, at: number): number {
+  return buf.readUInt32LE(at) + buf.readUInt32LE(at + 4) * TWO_32;
+}
+
+function u64BigInt(buf: Buffer, at: number): bigint {
+  return buf.readUInt32LE(at + 4) === 0 ? BigInt(buf.readUInt32LE(at)) : buf.readBigUInt64LE(at);
+}
+
+function u64Hex(buf: Buffer, at: number): string {
+  return buf.readUInt32LE(at + 4) === 0 ? buf.readUInt32LE(at).toString(16) : buf.readBigUInt64LE(at).toString(16);
+}
+
+// One run id per capture: its connId prefix is built once, not once per event.
+let prefixBoot = '';
+let prefixRunLo = -1;
+let prefixRunHi = -1;
+let prefix = '';
+
+function cachedPrefix(bootIdText: string, buf: Buffer, at: number): string {
+  const lo = buf.readUInt32LE(at);
+  const hi = buf.readUInt32LE(at + 4);
+  if (lo !== prefixRunLo || hi !== prefixRunHi || bootIdText !== prefixBoot) {
+    prefix = connectionPrefix(bootIdText, buf.readBigUInt64LE(at));
+    prefixBoot = bootIdText;
+    prefixRunLo = lo;
+    prefixRunHi = hi;
+  }
+  return prefix;
 }
 
 function commText(buf: Buffer, at: number): string {
@@ -76,12 +115,8 @@ export function decodeBatch(buf: Buffer, count: number, ctx: DecodeContext): Tcp
     const addr = v4 ? ipv4Text : ipv6Text;
 
     events[i] = {
-      seq: Number(buf.readBigUInt64LE(at + OFF.seq)),
-      connId: connectionId(
-        ctx.bootId,
-        buf.readBigUInt64LE(at + OFF.runId),
-        buf.readBigUInt64LE(at + OFF.connId),
-      ),
+      seq: u64Number(buf, at + OFF.seq),
+      connId: cachedPrefix(ctx.bootId, buf, at + OFF.runId) + u64Hex(buf, at + OFF.connId),
       host: ctx.host,
       bootId: ctx.bootId,
       timeNs: buf.readBigUInt64LE(at + OFF.tsNs) + ctx.clockOffsetNs,
@@ -97,14 +132,14 @@ export function decodeBatch(buf: Buffer, count: number, ctx: DecodeContext): Tcp
       comm: commText(buf, at + OFF.comm),
       uid: buf.readUInt32LE(at + OFF.uid),
       netns: buf.readUInt32LE(at + OFF.netns),
-      cgroupId: buf.readBigUInt64LE(at + OFF.cgroupId),
-      bytesSent: buf.readBigUInt64LE(at + OFF.bytesSent),
-      bytesReceived: buf.readBigUInt64LE(at + OFF.bytesReceived),
+      cgroupId: u64BigInt(buf, at + OFF.cgroupId),
+      bytesSent: u64BigInt(buf, at + OFF.bytesSent),
+      bytesReceived: u64BigInt(buf, at + OFF.bytesReceived),
       segsOut: buf.readUInt32LE(at + OFF.segsOut),
       segsIn: buf.readUInt32LE(at + OFF.segsIn),
       retransmits: buf.readUInt32LE(at + OFF.totalRetrans),
       srttUs: buf.readUInt32LE(at + OFF.srttUs),
-      sockInode: Number(buf.readBigUInt64LE(at + OFF.sockInode)),
+      sockInode: u64Number(buf, at + OFF.sockInode),
       sockUid: buf.readUInt32LE(at + OFF.sockUid),
       sockGid: buf.readUInt32LE(at + OFF.sockGid),
     };
