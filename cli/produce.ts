@@ -120,7 +120,12 @@ export async function runProduce(argv: string[]): Promise<number> {
   log.info('schema registered', { subject: valueSubject(topic), schemaId: schema.id, gapSchemaId: gapSchema.id });
 
   const metrics = new ProducerMetrics({ processMetrics: true });
-  const server = metricsPort === null ? null : await serveMetrics(metrics.registry, values['metrics-host']!, metricsPort);
+  // A taken port costs the metrics, not the audit trail: capture goes on without /metrics.
+  const server = metricsPort === null ? null
+    : await serveMetrics(metrics.registry, values['metrics-host']!, metricsPort).catch((err: Error) => {
+      log.error('metrics not served', { host: values['metrics-host'], port: metricsPort, error: err.message });
+      return null;
+    });
   if (server) log.info('metrics listening', { url: `http://${values['metrics-host']}:${server.port}/metrics` });
 
   // The run id is the capture's, known once it is loaded; the spool and the publisher need it
