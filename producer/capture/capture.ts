@@ -44,7 +44,7 @@ export interface CaptureOptions {
 export interface CaptureStats {
   /** Records the kernel could not reserve (ring full), summed over CPUs. */
   kernelLost: number;
-  /** Socket-map updates that failed: those sockets got a fresh connId per event. */
+  /** Socket-local storage that could not be created: those events got a one-off connId. */
   sockMapErrors: number;
   listenerMapErrors: number;
   /** Records dropped in the addon because JS fell more than 64 batches behind. */
