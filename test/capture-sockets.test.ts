@@ -142,6 +142,39 @@ describe('capture identity with real sockets', { skip }, () => {
   });
 });
 
+describe('a socket used again', { skip }, () => {
+  it('gets a new connId when one socket connects again after a refused connect()', async () => {
+    const refused = await listen('127.0.0.1', echoClose);
+    const refusedPort = portOf(refused);
+    await closeServer(refused);
+    const server = await listen('127.0.0.1', echoClose);
+    const port = portOf(server);
+    const { seen } = await captured({ filterPorts: [refusedPort, port] }, async (seen) => {
+      const python = spawnSync('/usr/bin/python3', [
+        '-c',
+        'import socket\n' +
+          's = socket.socket()\n' +
+          `try: s.connect(("127.0.0.1", ${refusedPort}))\n` +
+          'except ConnectionRefusedError: pass\n' +
+          `s.connect(("127.0.0.1", ${port}))\n` +
+          's.close()\n',
+      ]);
+      assert.equal(python.status, 0, python.stderr.toString());
+      await waitFor(() => seen.filter((e) => e.comm === 'python3').length >= 7, 'both attempts');
+    });
+    await closeServer(server);
+    const opener = seen.filter((e) => e.comm === 'python3' && e.localPort !== port);
+    const first = opener.filter((e) => e.remotePort === refusedPort);
+    const second = opener.filter((e) => e.remotePort === port);
+    assert.deepEqual(first.map((e) => `${e.oldState}>${e.newState}`), ['CLOSED>SYN-SENT', 'SYN-SENT>CLOSED']);
+    assert.equal(second[0].newState, 'SYN-SENT');
+    assert.equal(new Set(first.map((e) => e.connId)).size, 1);
+    assert.equal(new Set(second.map((e) => e.connId)).size, 1);
+    assert.notEqual(first[0].connId, second[0].connId);
+    assert.equal(first[0].sockInode, second[0].sockInode, 'the same socket file');
+  });
+});
+
 describe('in-kernel filters', { skip }, () => {
   it('keeps only the wanted port and address, numbering kept events without gaps', async () => {
     const v4 = await listen('127.0.0.1', echoClose);
