@@ -16,6 +16,9 @@ export const PORTS = {
 export const PG_USER = 'tcpaudit';
 export const PG_PASSWORD = 'tcpaudit';
 export const PG_DATABASE = 'tcpaudit';
+/** A login in the read-only group role tcpaudit_reader, for `tcpaudit query`. */
+export const PG_READER_USER = 'tcpaudit_auditor';
+export const PG_READER_PASSWORD = 'tcpaudit_auditor';
 
 /** Apicurio serves the Confluent-compatible API (what our clients speak) under this path. */
 export const REGISTRY_CCOMPAT_PATH = '/apis/ccompat/v7';
@@ -28,6 +31,8 @@ export interface StackEnv {
   PGDATABASE: string;
   KAFKA_BROKERS: string;
   SCHEMA_REGISTRY_URL: string;
+  TCPAUDIT_READER_USER: string;
+  TCPAUDIT_READER_PASSWORD: string;
 }
 
 /** The variables the producer, processor and tests read (see common/config.ts). */
@@ -40,5 +45,7 @@ export function stackEnv(): StackEnv {
     PGDATABASE: PG_DATABASE,
     KAFKA_BROKERS: `${HOST}:${PORTS.kafka}`,
     SCHEMA_REGISTRY_URL: `http://${HOST}:${PORTS.registry}${REGISTRY_CCOMPAT_PATH}`,
+    TCPAUDIT_READER_USER: PG_READER_USER,
+    TCPAUDIT_READER_PASSWORD: PG_READER_PASSWORD,
   };
 }

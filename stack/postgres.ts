@@ -2,7 +2,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import type { Logger } from '../common/log';
-import { HOST, PORTS, PG_DATABASE, PG_PASSWORD, PG_USER } from './endpoints';
+import {
+  HOST, PORTS, PG_DATABASE, PG_PASSWORD, PG_READER_PASSWORD, PG_READER_USER, PG_USER,
+} from './endpoints';
 import { postgresHealthy } from './health';
 import { servicePaths } from './paths';
 import { needSetup, type Service } from './service';
@@ -87,15 +89,51 @@ async function initCluster(log: Logger): Promise<void> {
     '-A', 'trust']);
   fs.writeFileSync(path.join(dir, 'pg_hba.conf'), HBA);
   fs.appendFileSync(path.join(dir, 'postgresql.conf'), CONF);
-  // Single-user mode creates the role without ever opening a port with trust auth.
-  // Role and password are fixed identifiers, so plain interpolation is safe here.
-  const sql = [
-    `CREATE ROLE ${PG_USER} LOGIN CREATEDB PASSWORD '${PG_PASSWORD}';`,
-    `CREATE DATABASE ${PG_DATABASE} OWNER ${PG_USER};`,
-  ].join('\n');
-  run(path.join(PG_BIN, 'postgres'), ['--single', '-D', dir, '-c', 'exit_on_error=on',
-    'postgres'], `${sql}\n`);
-  fs.writeFileSync(path.join(dir, BOOTSTRAPPED), `${new Date().toISOString()}\n`);
+  applyBootstrap(log, []);
+}
+
+/**
+ * Cluster-level set-up that needs a superuser, which the processor's own login is not. Each
+ * step runs once, in single-user mode (no port is open), and is recorded in the BOOTSTRAPPED
+ * file, so a cluster made by an older checkout gets the steps it lacks on its next start.
+ * Names and passwords are fixed identifiers, so plain interpolation is safe here.
+ */
+const BOOTSTRAP_STEPS: { name: string; sql: string[] }[] = [
+  {
+    name: 'owner',
+    sql: [
+      `CREATE ROLE ${PG_USER} LOGIN CREATEDB PASSWORD '${PG_PASSWORD}';`,
+      `CREATE DATABASE ${PG_DATABASE} OWNER ${PG_USER};`,
+    ],
+  },
+  {
+    // The group role `tcpaudit query` runs under, and one login in it for local auditors.
+    name: 'reader',
+    sql: [
+      'CREATE ROLE tcpaudit_reader NOLOGIN;',
+      `CREATE ROLE ${PG_READER_USER} LOGIN PASSWORD '${PG_READER_PASSWORD}' IN ROLE ` +
+        'tcpaudit_reader;',
+    ],
+  },
+];
+
+function applyBootstrap(log: Logger, done: string[]): void {
+  const marker = path.join(paths.dataDir, BOOTSTRAPPED);
+  for (const step of BOOTSTRAP_STEPS) {
+    if (done.includes(step.name)) continue;
+    run(path.join(PG_BIN, 'postgres'), ['--single', '-D', paths.dataDir, '-c', 'exit_on_error=on',
+      'postgres'], `${step.sql.join('\n')}\n`);
+    done.push(step.name);
+    fs.writeFileSync(marker, `${done.join('\n')}\n`);
+    log.info('postgres bootstrap step applied', { step: step.name });
+  }
+}
+
+/** Steps already applied; a marker from before steps were named holds only a date. */
+function appliedSteps(): string[] {
+  const text = fs.readFileSync(path.join(paths.dataDir, BOOTSTRAPPED), 'utf8');
+  const names = text.split('\n').filter((line) => /^[a-z]+$/.test(line));
+  return names.length > 0 ? names : ['owner'];
 }
 
 export const postgres: Service = {
@@ -110,6 +148,7 @@ export const postgres: Service = {
     const server = path.join(PG_BIN, 'postgres');
     if (!fs.existsSync(server)) throw needSetup(`PostgreSQL 15 server (${server})`);
     if (!fs.existsSync(path.join(paths.dataDir, BOOTSTRAPPED))) await initCluster(log);
+    else applyBootstrap(log, appliedSteps());
     // A crash leaves postmaster.pid behind; PostgreSQL checks it is stale by itself.
   },
   launch() {

@@ -15,7 +15,8 @@ function fromEnvironment(): Endpoints | null {
   const { KAFKA_BROKERS, SCHEMA_REGISTRY_URL, PGHOST } = process.env;
   if (!KAFKA_BROKERS || !SCHEMA_REGISTRY_URL || !PGHOST) return null;
   const env: Record<string, string> = { KAFKA_BROKERS, SCHEMA_REGISTRY_URL, PGHOST };
-  for (const key of ['PGPORT', 'PGUSER', 'PGPASSWORD', 'PGDATABASE']) {
+  for (const key of ['PGPORT', 'PGUSER', 'PGPASSWORD', 'PGDATABASE', 'TCPAUDIT_READER_USER',
+    'TCPAUDIT_READER_PASSWORD']) {
     const value = process.env[key];
     if (value !== undefined) env[key] = value;
   }
@@ -37,8 +38,8 @@ function dockerAnswers(): boolean {
 async function native(): Promise<Endpoints> {
   const stack = await import('../stack');
   await stack.stackUp();
-  const env = stack.stackEnv() as unknown as Record<string, string>;
-  return { source: 'native', env: Object.fromEntries(Object.entries(env).map(([k, v]) => [k, String(v)])), stop: async () => undefined };
+  const env: Record<string, string> = { ...stack.stackEnv() };
+  return { source: 'native', env, stop: async () => undefined };
 }
 
 let shared: Promise<Endpoints> | null = null;

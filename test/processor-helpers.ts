@@ -6,7 +6,7 @@ import { createLogger } from '../common/log';
 import { schemaPath } from '../common/paths';
 import { createRegistry, frame, registerValueSchema, setCompatibility } from '../common/registry';
 import { migrate } from '../processor/migrate';
-import { ensurePartitions } from '../processor/partitions';
+import { ensurePartitions, grantReader } from '../processor/partitions';
 import type { StateChange } from '../processor/lifecycle';
 import { stateToAvro } from '../producer/record';
 import type { TcpState } from '../common/event';
@@ -33,6 +33,7 @@ export async function freshDatabase(stackEnv: Record<string, string>): Promise<T
   pool.on('error', () => undefined);
   await migrate(pool, quiet);
   await ensurePartitions(pool, quiet);
+  await grantReader(pool, quiet); // as `tcpaudit process` does on start
   return {
     name,
     env: { ...stackEnv, PGDATABASE: name },

@@ -66,11 +66,17 @@ test('query: refuses a login that can write, and its session cannot write anyway
   assert.match(child.stderr, /refusing to run: role tcpaudit can write/);
 });
 
-// Needs a login in tcpaudit_reader, which only an administrator can make (CREATEROLE):
-// TCPAUDIT_TEST_READER_USER / TCPAUDIT_TEST_READER_PASSWORD name one.
-const reader = process.env.TCPAUDIT_TEST_READER_USER;
-test('query: runs on the reader role, and an INSERT through its connection fails', { skip: reader ? false : 'no tcpaudit_reader login: set TCPAUDIT_TEST_READER_USER and _PASSWORD' }, async () => {
-  const env = { ...process.env, ...db.env, PGUSER: reader!, PGPASSWORD: process.env.TCPAUDIT_TEST_READER_PASSWORD ?? '' };
+// Needs a login in tcpaudit_reader, which only an administrator can make (CREATEROLE): the
+// native stack makes one and names it in TCPAUDIT_READER_USER / TCPAUDIT_READER_PASSWORD.
+test('query: runs on the reader role, and an INSERT through its connection fails', async (t) => {
+  const given = (await endpoints()).env;
+  const reader = given.TCPAUDIT_READER_USER;
+  if (!reader) {
+    t.skip('no tcpaudit_reader login: set TCPAUDIT_READER_USER and TCPAUDIT_READER_PASSWORD');
+    return;
+  }
+  const password = given.TCPAUDIT_READER_PASSWORD ?? '';
+  const env = { ...process.env, ...db.env, PGUSER: reader, PGPASSWORD: password };
   const { stdout } = await run(process.execPath, [CLI, 'query', '--json', '--outcome', 'refused'], { env });
   assert.equal(JSON.parse(stdout).length, 5);
   const c = new Client({ host: db.env.PGHOST, port: Number(db.env.PGPORT), user: reader, password: env.PGPASSWORD, database: db.name });
