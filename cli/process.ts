@@ -32,6 +32,8 @@ Options:
   --session-timeout MS  consumer group session timeout (default 30000; a killed instance's
                         partitions move after this long)
   --log-level LEVEL     debug, info, warn or error                [env TCPAUDIT_LOG_LEVEL]
+  --profile             log a 'batch' line per committed batch: offsets, counts and the
+                        milliseconds each step took (decode, raw insert, lifecycle, commit...)
 ${KAFKA_SECURITY_HELP}  -h, --help            this text
 
 PostgreSQL is reached through the standard variables PGHOST, PGPORT, PGUSER, PGPASSWORD and
@@ -89,6 +91,7 @@ export async function runProcess(argv: string[]): Promise<number> {
       'idle-limit': { type: 'string' },
       'session-timeout': { type: 'string' },
       'log-level': { type: 'string' },
+      profile: { type: 'boolean' },
       ...kafkaFlagSpecs,
       help: { type: 'boolean', short: 'h' },
     },
@@ -120,6 +123,7 @@ export async function runProcess(argv: string[]): Promise<number> {
     await grantReader(pool, log);
     const consumer = new ProcessorConsumer({
       kafka, topic, groupId, pool, decode: registryDecoder(createRegistry(url)), log, metrics, concurrency, sessionTimeout,
+      profile: values.profile,
     });
     const health = {
       consuming: () => consumer.consuming(),

@@ -19,6 +19,8 @@ export interface ConsumerOptions {
   sessionTimeout?: number;
   /** Called after each committed batch (benchmarks, tests). */
   onBatchResult?: (result: BatchResult) => void;
+  /** Logs one 'batch' line per committed batch: offsets, counts and the milliseconds per step. */
+  profile?: boolean;
 }
 
 export interface ProcessorStats {
@@ -189,6 +191,7 @@ export class ProcessorConsumer {
         deadLetterSink: (letters) => this.sendDeadLetters(letters),
       });
       this.opts.onBatchResult?.(result);
+      if (this.opts.profile) this.logProfile(records, result);
       this.stats.batches++;
       this.stats.inserted += result.inserted;
       this.stats.duplicates += result.duplicates;
@@ -215,6 +218,16 @@ export class ProcessorConsumer {
     await this.consumer.commitOffsets([{ topic, partition, offset: next.toString() }]).catch((err) =>
       this.opts.log.debug('kafka offset commit failed (PostgreSQL holds the offset)', { error: err }));
     await heartbeat();
+  }
+
+  private logProfile(records: SourceRecord[], result: BatchResult): void {
+    const ms = (x: number) => Math.round(x * 100) / 100;
+    this.opts.log.info('batch', {
+      topic: records[0].topic, partition: records[0].partition, from: records[0].offset,
+      to: records[records.length - 1].offset, records: records.length, inserted: result.inserted,
+      connections: result.connections, startedAtMs: result.startedAtMs, committedAtMs: result.committedAtMs,
+      stagesMs: Object.fromEntries(Object.entries(result.stagesMs).map(([k, v]) => [k, ms(v)])),
+    });
   }
 
   async stop(): Promise<void> {

@@ -39,6 +39,27 @@ export interface BatchResult {
   /** Wall-clock times (ms) the batch started and its transaction committed. */
   startedAtMs: number;
   committedAtMs: number;
+  /** Milliseconds spent in each step of the batch, in order (see STAGES). */
+  stagesMs: Record<Stage, number>;
+}
+
+/** The steps of a batch, as `tcpaudit process --profile` reports them. */
+export const STAGES = ['decode', 'begin', 'raw', 'load', 'lifecycle', 'upsert', 'gaps', 'offsets', 'commit',
+  'hostRuns'] as const;
+export type Stage = (typeof STAGES)[number];
+
+export function emptyStages(): Record<Stage, number> {
+  return Object.fromEntries(STAGES.map((s) => [s, 0])) as Record<Stage, number>;
+}
+
+/** Adds the time since the last mark to a stage. */
+function stopwatch(stages: Record<Stage, number>) {
+  let last = performance.now();
+  return (stage: Stage) => {
+    const now = performance.now();
+    stages[stage] += now - last;
+    last = now;
+  };
 }
 
 interface DecodedEvent {
@@ -214,6 +235,8 @@ export async function handleBatch(
   options: BatchOptions = {},
 ): Promise<BatchResult> {
   const startedAtMs = Date.now();
+  const stagesMs = emptyStages();
+  const mark = stopwatch(stagesMs);
   const events: DecodedEvent[] = [];
   const gaps: DecodedGap[] = [];
   const dead: DeadLetter[] = [];
@@ -228,6 +251,7 @@ export async function handleBatch(
     }
   }
   if (dead.length > 0 && options.deadLetterSink) await options.deadLetterSink(dead);
+  mark('decode');
 
   const db = await pool.connect();
   let fresh = new Set<string>();
@@ -237,7 +261,9 @@ export async function handleBatch(
   const freshChanges: StateChange[] = [];
   try {
     await db.query('BEGIN');
+    mark('begin');
     if (events.length > 0) fresh = await insertRaw(db, events);
+    mark('raw');
     for (const d of events) {
       const key = `${d.change.connId}/${d.change.seq}`;
       if (fresh.delete(key)) freshChanges.push(d.change); // a batch may carry one record twice
@@ -245,17 +271,23 @@ export async function handleBatch(
     freshChanges.sort((a, b) => (a.connId === b.connId ? a.seq - b.seq : a.connId < b.connId ? -1 : 1));
     const ids = [...new Set(freshChanges.map((c) => c.connId))];
     conns = await loadConnections(db, ids);
+    mark('load');
     const loaded = new Map([...conns.values()].map((c) => [c.connId, c.openedUs]));
     for (const change of freshChanges) {
       conns.set(change.connId, applyChange(conns.get(change.connId) ?? null, change));
     }
+    mark('lifecycle');
     await saveConnections(db, [...conns.values()], loaded);
+    mark('upsert');
     gapRows = await insertGaps(db, gaps);
     if (ids.length > 0) await flagKnownGaps(db, ids);
+    mark('gaps');
     await insertDeadLetters(db, dead);
     await saveOffsets(db, groupId, records);
+    mark('offsets');
     await db.query('COMMIT');
     committedAtMs = Date.now();
+    mark('commit');
   } catch (err) {
     await db.query('ROLLBACK').catch(() => undefined);
     throw err;
@@ -263,6 +295,7 @@ export async function handleBatch(
     db.release();
   }
   await touchHostRuns(pool, freshChanges).catch(() => undefined);
+  mark('hostRuns');
   return {
     inserted: freshChanges.length,
     duplicates: events.length - freshChanges.length,
@@ -272,6 +305,7 @@ export async function handleBatch(
     eventTimesUs: freshChanges.map((c) => c.timeUs),
     startedAtMs,
     committedAtMs,
+    stagesMs,
   };
 }
 

@@ -1,6 +1,6 @@
 import type { Pool } from 'pg';
 import type { Decode } from './decode';
-import { handleBatch, type BatchOptions, type BatchResult, type SourceRecord } from './handler';
+import { emptyStages, handleBatch, type BatchOptions, type BatchResult, type SourceRecord } from './handler';
 
 /** One record of the AWS Lambda Kafka event (MSK or self-managed Kafka event source). */
 export interface LambdaKafkaRecord {
@@ -64,7 +64,8 @@ export function lambdaHandler(opts: LambdaAdapterOptions): (event: LambdaKafkaEv
   return async (event) => {
     const records = recordsFromLambdaEvent(event);
     if (records.length === 0) {
-      return { inserted: 0, duplicates: 0, deadLetters: 0, gaps: 0, connections: 0, eventTimesUs: [], startedAtMs: Date.now(), committedAtMs: Date.now() };
+      return { inserted: 0, duplicates: 0, deadLetters: 0, gaps: 0, connections: 0, eventTimesUs: [], startedAtMs: Date.now(), committedAtMs: Date.now(),
+        stagesMs: emptyStages() };
     }
     return handleBatch(records, opts.pool, opts.decode, opts.groupId, { deadLetterSink: opts.deadLetterSink });
   };
