@@ -26,8 +26,11 @@ export interface CaptureGap {
 
 export type DecodedValue = { kind: 'event'; change: StateChange } | { kind: 'gap'; gap: CaptureGap };
 
-/** Turns one message value into a row to write, or throws BadMessageError. */
-export type Decode = (value: Buffer | null) => Promise<DecodedValue>;
+/**
+ * Turns one message value into a row to write, or throws (or rejects with) BadMessageError. It
+ * answers synchronously when it can (a known schema): a promise per message costs a batch dearly.
+ */
+export type Decode = (value: Buffer | null) => DecodedValue | Promise<DecodedValue>;
 
 /** Fields the capture engineer added with defaults: absent from records of the first schema. */
 type V2Fields = Partial<Pick<AvroStateChange, 'sock_inode' | 'sock_uid' | 'sock_gid'>>;
@@ -124,26 +127,44 @@ export function classify(rec: unknown): DecodedValue {
   throw new BadMessageError('record is neither a state change nor a capture gap');
 }
 
-/** Decodes Confluent-framed Avro through the registry (writer schema looked up by id, cached). */
+/** What the registry client hands back for a schema id: for Avro, an avsc Type. */
+interface WriterSchema {
+  fromBuffer(payload: Buffer): unknown;
+}
+
+/**
+ * Decodes Confluent-framed Avro with the writer schema of the framed id. The registry is asked
+ * once per id (ids are immutable); after that a message decodes synchronously from the cache.
+ */
 export function registryDecoder(registry: SchemaRegistry): Decode {
-  return async (value) => {
-    if (!value || value.length < 5) throw new BadMessageError('message shorter than its framing');
-    if (value[0] !== 0) throw new BadMessageError(`unknown magic byte ${value[0]}`);
-    const schemaId = value.readUInt32BE(1);
+  const schemas = new Map<number, WriterSchema>();
+  const decodeWith = (schema: WriterSchema, value: Buffer) => {
+    let rec: unknown;
     try {
-      await registry.getSchema(schemaId);
+      rec = schema.fromBuffer(value.subarray(5));
+    } catch (err) {
+      throw new BadMessageError(`undecodable: ${(err as Error).message}`);
+    }
+    return classify(rec);
+  };
+  const lookUp = async (schemaId: number, value: Buffer) => {
+    let schema: WriterSchema;
+    try {
+      schema = (await registry.getSchema(schemaId)) as unknown as WriterSchema;
     } catch (err) {
       // 404 means the id is unknown for good; anything else (registry away) is retried upstream.
       const status = (err as { status?: number }).status;
       if (status === 404) throw new BadMessageError(`unknown schema id ${schemaId}`);
       throw err;
     }
-    let rec: unknown;
-    try {
-      rec = await registry.decode(value);
-    } catch (err) {
-      throw new BadMessageError(`undecodable: ${(err as Error).message}`);
-    }
-    return classify(rec);
+    schemas.set(schemaId, schema);
+    return decodeWith(schema, value);
+  };
+  return (value) => {
+    if (!value || value.length < 5) throw new BadMessageError('message shorter than its framing');
+    if (value[0] !== 0) throw new BadMessageError(`unknown magic byte ${value[0]}`);
+    const schemaId = value.readUInt32BE(1);
+    const schema = schemas.get(schemaId);
+    return schema ? decodeWith(schema, value) : lookUp(schemaId, value);
   };
 }

@@ -242,7 +242,8 @@ export async function handleBatch(
   const dead: DeadLetter[] = [];
   for (const record of records) {
     try {
-      const decoded = await decode(record.value);
+      const out = decode(record.value);
+      const decoded = out instanceof Promise ? await out : out;
       if (decoded.kind === 'event') events.push({ record, change: decoded.change });
       else gaps.push({ record, gap: decoded.gap });
     } catch (err) {
