@@ -2,7 +2,7 @@ import type { Pool, PoolClient } from 'pg';
 import { isoFromMicros } from '../common/time';
 import { applyChange, runIdOf, type Connection, type StateChange } from './lifecycle';
 import { BadMessageError, type CaptureGap, type Decode } from './decode';
-import { loadConnections, saveConnections } from './store-connections';
+import { loadConnections, saveConnections, timeFromMicros } from './store-connections';
 
 /** A Kafka record as any source hands it over: a consumer, a Lambda event, a test. */
 export interface SourceRecord {
@@ -74,7 +74,7 @@ interface DecodedGap {
 
 const RAW: [string, string][] = [
   ['conn_id', 'text'], ['seq', 'int8'], ['host', 'text'], ['boot_id', 'text'], ['run_id', 'text'],
-  ['event_time', 'timestamptz'], ['family', 'int2'], ['local_addr', 'inet'], ['local_port', 'int4'],
+  ['event_time', 'micros'], ['family', 'int2'], ['local_addr', 'inet'], ['local_port', 'int4'],
   ['remote_addr', 'inet'], ['remote_port', 'int4'], ['old_state', 'text'], ['new_state', 'text'],
   ['pid', 'int4'], ['tid', 'int4'], ['comm', 'text'], ['uid', 'int8'], ['netns', 'int8'],
   ['cgroup_id', 'int8'], ['bytes_sent', 'int8'], ['bytes_received', 'int8'], ['segs_out', 'int8'],
@@ -84,14 +84,16 @@ const RAW: [string, string][] = [
 ];
 
 const INSERT_RAW = `INSERT INTO tcp_events (${RAW.map(([n]) => n).join(', ')})
-  SELECT * FROM unnest(${RAW.map(([, t], i) => `$${i + 1}::${t}[]`).join(', ')})
+  SELECT ${RAW.map(([n, t]) => (t === 'micros' ? timeFromMicros(`u.${n}`) : `u.${n}`)).join(', ')}
+    FROM unnest(${RAW.map(([, t], i) => `$${i + 1}::${t === 'micros' ? 'int8' : t}[]`).join(', ')})
+      AS u(${RAW.map(([n]) => n).join(', ')})
   ON CONFLICT (conn_id, seq, event_time) DO NOTHING
   RETURNING conn_id, seq`;
 
 function rawValues(d: DecodedEvent): unknown[] {
   const c = d.change;
   return [
-    c.connId, c.seq, c.host, c.bootId, runIdOf(c.connId), isoFromMicros(c.timeUs), c.family,
+    c.connId, c.seq, c.host, c.bootId, runIdOf(c.connId), c.timeUs, c.family,
     c.localAddr, c.localPort, c.remoteAddr, c.remotePort, c.oldState, c.newState, c.pid, c.tid,
     c.comm, c.uid, c.netns, c.cgroupId, c.bytesSent, c.bytesReceived, c.segsOut, c.segsIn,
     c.retransmits, c.srttUs, c.sockInode, c.sockUid, c.sockGid, d.record.topic, d.record.partition,
