@@ -24,7 +24,7 @@ Options:
   --topic NAME          topic to consume                          [env TCPAUDIT_TOPIC]
   --registry URL        Confluent-compatible schema registry      [env SCHEMA_REGISTRY_URL]
   --group ID            consumer group id (default tcpaudit-processor) [env TCPAUDIT_GROUP]
-  --concurrency N       partitions processed at once (default 2)
+  --concurrency N       partitions processed at once, each in its own transaction (default 4)
   --metrics-port PORT   /metrics and /healthz port (default 9465; 0 picks one) [env TCPAUDIT_METRICS_PORT]
   --metrics-host ADDR   address they listen on (default 127.0.0.1)
   --retention-days N    drop partitions older than N days (default 0: keep all) [env TCPAUDIT_RETENTION_DAYS]
@@ -105,7 +105,7 @@ export async function runProcess(argv: string[]): Promise<number> {
   const kafka = kafkajsConfig(kafkaClientSettings(values, 'tcpaudit-processor'));
   const { url } = registrySettings(values);
   const groupId = values.group ?? process.env.TCPAUDIT_GROUP ?? 'tcpaudit-processor';
-  const concurrency = intFlag(values.concurrency, '--concurrency', 2, 1);
+  const concurrency = intFlag(values.concurrency, '--concurrency', 4, 1);
   const metricsPort = intFlag(values['metrics-port'] ?? process.env.TCPAUDIT_METRICS_PORT, '--metrics-port', 9465);
   const retentionDays = intFlag(values['retention-days'] ?? process.env.TCPAUDIT_RETENTION_DAYS, '--retention-days', 0);
   const idleLimit = intFlag(values['idle-limit'], '--idle-limit', 3600, 1);

@@ -108,7 +108,7 @@ export class ProcessorConsumer {
     await this.consumer.run({
       autoCommit: false,
       eachBatchAutoResolve: false,
-      partitionsConsumedConcurrently: this.opts.concurrency ?? 2,
+      partitionsConsumedConcurrently: this.opts.concurrency ?? 4,
       eachBatch: (payload) => this.onBatch(payload),
     });
     log.info('consuming', { topic, groupId });
