@@ -75,7 +75,15 @@ async function freshDatabase(migrated: boolean): Promise<{ db: string; pool: Poo
       await pool.end();
       const c = new Client(pgDefaults());
       await c.connect();
-      await c.query(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`);
+      // Another role's session (a monitor passing by) cannot be ended by ours: wait, then leave it.
+      for (let attempt = 1; ; attempt++) {
+        const dropped = await c.query(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`).then(() => true, (err: Error) => {
+          if (attempt === 10) console.error(`could not drop database ${db}: ${err.message}`);
+          return attempt === 10;
+        });
+        if (dropped) break;
+        await sleep(1000);
+      }
       await c.end();
     },
   };
