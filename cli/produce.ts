@@ -4,7 +4,7 @@ import { kafkaSettings, registrySettings } from '../common/config';
 import { describeKafka, kafkaClientSettings, kafkaFlagSpecs, KAFKA_SECURITY_HELP } from '../common/kafka-config';
 import { createLogger, parseLevel } from '../common/log';
 import { createRegistry, registerValueSchema, valueSubject } from '../common/registry';
-import { startCapture, type CaptureOptions } from '../producer/capture/capture';
+import { startCapture, validateFilters, type CaptureOptions } from '../producer/capture/capture';
 import { bootId } from '../producer/capture/decode';
 import { registerGapSchema } from '../producer/gaps';
 import { ProducerMetrics, serveMetrics } from '../producer/metrics';
@@ -28,6 +28,10 @@ Options:
   --partitions N          partitions when the topic is created (default 6)
   --replication-factor N  replicas when the topic is created (default 1)
   --ring-bytes N          kernel ring buffer size, a power of two (default 8388608)
+  --port P                only connections with local or remote port P (repeatable, up to 8)
+  --cidr CIDR             only connections with an address in CIDR (repeatable, up to 4)
+  --netns NS              only sockets of one network namespace: inode, or a path such as
+                          /proc/PID/ns/net
   --max-queued N          events held in memory while Kafka is away (default 200000)
   --max-batch N           most events in one produce request (default 5000)
   --compression C         gzip or none (default gzip)
@@ -80,6 +84,9 @@ export async function runProduce(argv: string[]): Promise<number> {
       partitions: { type: 'string', default: '6' },
       'replication-factor': { type: 'string', default: '1' },
       'ring-bytes': { type: 'string', default: String(8 << 20) },
+      port: { type: 'string', multiple: true },
+      cidr: { type: 'string', multiple: true },
+      netns: { type: 'string' },
       'max-queued': { type: 'string', default: '200000' },
       'max-batch': { type: 'string', default: '5000' },
       compression: { type: 'string', default: 'gzip' },
@@ -114,6 +121,19 @@ export async function runProduce(argv: string[]): Promise<number> {
   const metricsPort = port(values['metrics-port']!, '--metrics-port');
   const shutdownMs = positiveInt(values['shutdown-timeout-ms'], '--shutdown-timeout-ms');
 
+  let filters;
+  try {
+    filters = {
+      filterPorts: [...new Set((values.port ?? []).map((p) => positiveInt(p, '--port')))],
+      filterCidrs: values.cidr ?? [],
+      filterNetns: values.netns === undefined ? undefined
+        : /^\d+$/.test(values.netns) ? Number(values.netns) : fs.statSync(values.netns).ino,
+    };
+    validateFilters(filters); // startCapture checks again; this makes a mistake a usage error
+  } catch (err) {
+    throw new UsageError(`capture filter: ${(err as Error).message}`);
+  }
+
   const registry = createRegistry(url);
   const schema = await registerValueSchema(registry, url, topic);
   const gapSchema = await registerGapSchema(registry, url, topic);
@@ -142,6 +162,7 @@ export async function runProduce(argv: string[]): Promise<number> {
   const pendingLoss: Array<() => void> = [];
   const captureOptions = {
     ringBytes: positiveInt(values['ring-bytes'], '--ring-bytes'),
+    ...filters,
     onEvents: (events: Events) => {
       if (captureLog !== null) fs.writeSync(captureLog, events.map((e) => `${e.connId} ${e.seq}\n`).join(''));
       deliver(events);
@@ -189,7 +210,7 @@ export async function runProduce(argv: string[]): Promise<number> {
   pub.start();
   const pollLoss = kernelLossFallback(capture, pub, runId, log);
   log.info('producing', {
-    topic, runId, kafka: describeKafka(kafka), compression,
+    topic, runId, kafka: describeKafka(kafka), compression, filters,
     spool: spool ? { dir: spool.dir, maxBytes: spool.maxBytes, overflow } : null,
   });
 

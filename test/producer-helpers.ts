@@ -92,7 +92,7 @@ export function compareWithCapture(captured: Array<{ connId: string; seq: number
 }
 
 /** Opens and closes `rate` loopback connections a second until stopped; counts them. */
-export async function steadyTraffic(rate: number): Promise<{ stop(): Promise<number> }> {
+export async function steadyTraffic(rate: number): Promise<{ port: number; stop(): Promise<number> }> {
   const server = net.createServer((s) => {
     s.on('error', () => undefined);
     s.resume();
@@ -107,7 +107,11 @@ export async function steadyTraffic(rate: number): Promise<{ stop(): Promise<num
     c.resume();
     made++;
   }, 1000 / rate);
+  // A failed assertion may skip stop(): neither may keep the test process alive.
+  timer.unref();
+  server.unref();
   return {
+    port,
     async stop() {
       clearInterval(timer);
       await new Promise((r) => setTimeout(r, 300));

@@ -37,9 +37,9 @@ describe('producer shutdown', { skip }, () => {
   test('SIGTERM under load: every captured event is in the topic once', { timeout: 90_000 }, async () => {
     const topic = uniqueName('tcpaudit.sigterm');
     const log = path.join(tmp, 'up.log');
-    const p = produce(['--capture-log', log], { ...stack.env, TCPAUDIT_TOPIC: topic });
-    await p.waitForLog('topic created');
     const traffic = await steadyTraffic(200);
+    const p = produce(['--port', String(traffic.port), '--capture-log', log], { ...stack.env, TCPAUDIT_TOPIC: topic });
+    await p.waitForLog('topic created');
     await new Promise((r) => setTimeout(r, 4000));
     assert.equal(await p.stop(), 0); // while connections are still being made
     await traffic.stop();
@@ -54,20 +54,22 @@ describe('producer shutdown', { skip }, () => {
     const topic = uniqueName('tcpaudit.sigint');
     const log = path.join(tmp, 'away.log');
     const spool = path.join(tmp, 'spool-away');
-    const first = produce(['--spool-dir', spool, '--capture-log', log],
+    const traffic = await steadyTraffic(200);
+    const first = produce(['--port', String(traffic.port), '--spool-dir', spool, '--capture-log', log],
       { ...stack.env, KAFKA_BROKERS: NOWHERE, TCPAUDIT_TOPIC: topic });
     await first.waitForLog('kafka unavailable, holding events');
-    const traffic = await steadyTraffic(200);
     await new Promise((r) => setTimeout(r, 3000));
     first.child.kill('SIGINT');
-    assert.equal(await first.stop(), 0);
+    const code = first.child.exitCode ?? await new Promise((r) => first.child.once('exit', r));
+    assert.equal(code, 0);
     await traffic.stop();
     const stopped = first.logs.find((l) => l.msg === 'stopped') as Record<string, any>;
     const captured = readCaptureLog(log);
     assert.ok(captured.length > 500);
     assert.equal(stopped.spooled, captured.length, 'every captured event is in the spool');
 
-    const second = produce(['--spool-dir', spool, '--capture-log', log], { ...stack.env, TCPAUDIT_TOPIC: topic });
+    const second = produce(['--port', String(traffic.port), '--spool-dir', spool, '--capture-log', log],
+      { ...stack.env, TCPAUDIT_TOPIC: topic });
     const port = Number(new URL(String((await second.waitForLog('metrics listening')).url)).port);
     await until(async () => (await scrape(port)).get('tcpaudit_producer_spool_bytes') === 0, 'spool replayed', 60_000);
     assert.equal(await second.stop(), 0);
@@ -80,10 +82,10 @@ describe('producer shutdown', { skip }, () => {
   test('a second signal exits at once and says how many events the spool holds', { timeout: 60_000 }, async () => {
     const log = path.join(tmp, 'twice.log');
     const spool = path.join(tmp, 'spool-twice');
-    const p = produce(['--spool-dir', spool, '--capture-log', log, '--shutdown-timeout-ms', '60000'],
-      { ...stack.env, KAFKA_BROKERS: NOWHERE, TCPAUDIT_TOPIC: uniqueName('tcpaudit.twice') });
-    await p.waitForLog('kafka unavailable, holding events');
     const traffic = await steadyTraffic(200);
+    const p = produce(['--port', String(traffic.port), '--spool-dir', spool, '--capture-log', log,
+      '--shutdown-timeout-ms', '60000'], { ...stack.env, KAFKA_BROKERS: NOWHERE, TCPAUDIT_TOPIC: uniqueName('tcpaudit.twice') });
+    await p.waitForLog('kafka unavailable, holding events');
     await new Promise((r) => setTimeout(r, 2000));
     p.child.kill('SIGTERM');
     await p.waitForLog('stopping');

@@ -97,7 +97,8 @@ describe('spool full', { skip }, () => {
     const topic = uniqueName('tcpaudit.spoolfull');
     const dir = tempDir();
     const captureLog = path.join(dir, 'captured.log');
-    producer = runCli(['produce', '--partitions', '2', '--max-queued', '500', '--spool-dir', path.join(dir, 'spool'),
+    const traffic = await steadyTraffic(150);
+    producer = runCli(['produce', '--port', String(traffic.port), '--partitions', '2', '--max-queued', '500', '--spool-dir', path.join(dir, 'spool'),
       '--spool-max-bytes', String(256 << 10), '--overflow', 'drop-oldest', '--metrics-port', '0',
       '--capture-log', captureLog],
     { KAFKA_BROKERS: kafka.brokers, SCHEMA_REGISTRY_URL: registryUrl, TCPAUDIT_TOPIC: topic });
@@ -105,7 +106,6 @@ describe('spool full', { skip }, () => {
     const port = Number(new URL(String(listening.url)).port);
     await producer.waitForLog('producing');
 
-    const traffic = await steadyTraffic(150);
     const dropped = () => scrape(port).then((m) => m.get('tcpaudit_producer_events_dropped_total{stage="spool"}') ?? 0);
     await until(async () => (await dropped()) > 1000, 'more than 1000 events dropped by the full spool', 60_000);
     await traffic.stop();
