@@ -8,7 +8,12 @@
  *
  *   node dist/bench/producer.js [--runs 3] [--events 400000] [--seconds 20]
  *
- * Bounded: each run stops at --events or --seconds, whichever comes first.
+ * Bounded: each run stops at --events or --seconds, whichever comes first. BENCH_MAX_BATCH
+ * changes the Publisher's batch (default 5000), BENCH_MEM=1 prints memoryUsage() per run.
+ *
+ * On the 2-core dev machine, quiet, broker on it (median of 3): gzip 79,600 events/s, none
+ * 94,900, plain kafkajs 3,400; RSS 235 MB. Where the time goes (--cpu-prof): kafkajs' per-message
+ * work (record encoding, a quadratic grouping by partition, CRC) about half, GC 14%, Avro 10%.
  */
 import { spawnSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
