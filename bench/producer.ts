@@ -86,29 +86,53 @@ async function schemas(_topic: string) {
   return { value, gap };
 }
 
-function measure(variant: string, events: number, startNs: bigint, cpu0: NodeJS.CpuUsage, rssPeak: number): Result {
+function measure(
+  variant: string,
+  events: number,
+  startNs: bigint,
+  cpu0: NodeJS.CpuUsage,
+  rssPeak: number,
+): Result {
   const seconds = Number(process.hrtime.bigint() - startNs) / 1e9;
   const cpu = process.cpuUsage(cpu0);
   const cpuSeconds = (cpu.user + cpu.system) / 1e6;
   const rate = events / seconds;
   return {
-    variant, events, seconds, rate,
+    variant,
+    events,
+    seconds,
+    rate,
     cpuPercent: (100 * cpuSeconds) / seconds,
     cpuMsPer1k: (1000 * cpuSeconds) / (events / 1000),
     rssMb: rssPeak / (1 << 20),
   };
 }
 
-async function runPublisher(topic: string, total: number, seconds: number, compression: Compression): Promise<Result> {
+async function runPublisher(
+  topic: string,
+  total: number,
+  seconds: number,
+  compression: Compression,
+): Promise<Result> {
   const { value, gap } = await schemas(topic);
   const log = createLogger('bench', 'warn');
   const publisher = new Publisher({
     kafka: kafkaClientSettings({ brokers: BROKERS }, 'tcpaudit-bench', {}),
-    topic, partitions: 6, replicationFactor: 1,
-    schemaId: value.id, valueType: value.type, gapSchemaId: gap.id, gapType: gap.type,
+    topic,
+    partitions: 6,
+    replicationFactor: 1,
+    schemaId: value.id,
+    valueType: value.type,
+    gapSchemaId: gap.id,
+    gapType: gap.type,
     origin: { host: 'bench-host-01', bootId: 'x', runId: '1' },
-    maxQueued: 200_000, maxBatch: Number(process.env.BENCH_MAX_BATCH ?? 5000), compression, spool: null, overflow: 'drop-newest',
-    metrics: new ProducerMetrics(), log,
+    maxQueued: 200_000,
+    maxBatch: Number(process.env.BENCH_MAX_BATCH ?? 5000),
+    compression,
+    spool: null,
+    overflow: 'drop-newest',
+    metrics: new ProducerMetrics(),
+    log,
   });
   publisher.start();
   // Warm up: connect, create the topic, first metadata.
@@ -142,7 +166,11 @@ async function runPublisher(topic: string, total: number, seconds: number, compr
 
 async function runPlain(topic: string, total: number, seconds: number): Promise<Result> {
   const { value } = await schemas(topic);
-  const kafka = new Kafka({ clientId: 'tcpaudit-bench-plain', brokers: [BROKERS], logLevel: logLevel.WARN });
+  const kafka = new Kafka({
+    clientId: 'tcpaudit-bench-plain',
+    brokers: [BROKERS],
+    logLevel: logLevel.WARN,
+  });
   const admin = kafka.admin();
   await admin.connect();
   await admin.createTopics({ waitForLeaders: true, topics: [{ topic, numPartitions: 6 }] });
@@ -177,13 +205,22 @@ async function runPlain(topic: string, total: number, seconds: number): Promise<
 
 async function child(variant: string, total: number, seconds: number): Promise<void> {
   const topic = `tcpaudit.bench.${Date.now().toString(36)}.${Math.random().toString(36).slice(2, 6)}`;
-  const result = variant === 'plain'
-    ? await runPlain(topic, total, seconds)
-    : await runPublisher(topic, total, seconds, variant as Compression);
+  const result =
+    variant === 'plain'
+      ? await runPlain(topic, total, seconds)
+      : await runPublisher(topic, total, seconds, variant as Compression);
   // Our topics only: the bench leaves nothing behind on the shared broker.
-  const admin = new Kafka({ clientId: 'tcpaudit-bench-admin', brokers: [BROKERS], logLevel: logLevel.NOTHING }).admin();
+  const admin = new Kafka({
+    clientId: 'tcpaudit-bench-admin',
+    brokers: [BROKERS],
+    logLevel: logLevel.NOTHING,
+  }).admin();
   await admin.connect();
-  await admin.deleteTopics({ topics: [topic, `${topic}.gaps`].filter((t) => variant !== 'plain' || t === topic) }).catch(() => undefined);
+  await admin
+    .deleteTopics({
+      topics: [topic, `${topic}.gaps`].filter((t) => variant !== 'plain' || t === topic),
+    })
+    .catch(() => undefined);
   await admin.disconnect();
   process.stdout.write(JSON.stringify(result) + '\n');
 }
@@ -210,24 +247,48 @@ async function main(): Promise<void> {
   for (const variant of values.variants!.split(',')) {
     const runs: Result[] = [];
     for (let i = 0; i < Number(values.runs); i++) {
-      const res = spawnSync(process.execPath, [__filename, '--child', variant, '--events', values.events!,
-        '--seconds', values.seconds!, '--plainSeconds', values.plainSeconds!], { encoding: 'utf8', timeout: 120_000 });
+      const res = spawnSync(
+        process.execPath,
+        [
+          __filename,
+          '--child',
+          variant,
+          '--events',
+          values.events!,
+          '--seconds',
+          values.seconds!,
+          '--plainSeconds',
+          values.plainSeconds!,
+        ],
+        { encoding: 'utf8', timeout: 120_000 },
+      );
       const line = res.stdout.trim().split('\n').pop() ?? '';
-      if (res.status !== 0 || !line.startsWith('{')) throw new Error(`bench run failed: ${res.stderr.slice(-2000)}`);
+      if (res.status !== 0 || !line.startsWith('{'))
+        throw new Error(`bench run failed: ${res.stderr.slice(-2000)}`);
       runs.push(JSON.parse(line));
       process.stderr.write(`  ${variant} run ${i + 1}: ${Math.round(runs[i].rate)} ev/s\n`);
     }
     const mid = runs.find((r) => r.rate === median(runs.map((x) => x.rate)))!;
-    rows.push({ ...mid, cpuPercent: median(runs.map((r) => r.cpuPercent)),
-      cpuMsPer1k: median(runs.map((r) => r.cpuMsPer1k)), rssMb: median(runs.map((r) => r.rssMb)) });
+    rows.push({
+      ...mid,
+      cpuPercent: median(runs.map((r) => r.cpuPercent)),
+      cpuMsPer1k: median(runs.map((r) => r.cpuMsPer1k)),
+      rssMb: median(runs.map((r) => r.rssMb)),
+    });
   }
   const pad = (s: string, n: number) => s.padEnd(n);
-  process.stdout.write(`\nmedian of ${values.runs} runs, broker ${BROKERS}, ${process.env.BENCH_NOTE ?? ''}\n`);
-  process.stdout.write(`${pad('variant', 32)}${pad('events/s', 12)}${pad('CPU %', 8)}${pad('CPU ms/1k ev', 14)}` +
-    `${pad('RSS MB', 9)}RSS MB per 1k ev/s\n`);
+  process.stdout.write(
+    `\nmedian of ${values.runs} runs, broker ${BROKERS}, ${process.env.BENCH_NOTE ?? ''}\n`,
+  );
+  process.stdout.write(
+    `${pad('variant', 32)}${pad('events/s', 12)}${pad('CPU %', 8)}${pad('CPU ms/1k ev', 14)}` +
+      `${pad('RSS MB', 9)}RSS MB per 1k ev/s\n`,
+  );
   for (const r of rows) {
-    process.stdout.write(`${pad(r.variant, 32)}${pad(String(Math.round(r.rate)), 12)}${pad(r.cpuPercent.toFixed(0), 8)}` +
-      `${pad(r.cpuMsPer1k.toFixed(1), 14)}${pad(r.rssMb.toFixed(0), 9)}${(r.rssMb / (r.rate / 1000)).toFixed(2)}\n`);
+    process.stdout.write(
+      `${pad(r.variant, 32)}${pad(String(Math.round(r.rate)), 12)}${pad(r.cpuPercent.toFixed(0), 8)}` +
+        `${pad(r.cpuMsPer1k.toFixed(1), 14)}${pad(r.rssMb.toFixed(0), 9)}${(r.rssMb / (r.rate / 1000)).toFixed(2)}\n`,
+    );
   }
 }
 

@@ -1,7 +1,12 @@
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { kafkaSettings, registrySettings } from '../common/config';
-import { describeKafka, kafkaClientSettings, kafkaFlagSpecs, KAFKA_SECURITY_HELP } from '../common/kafka-config';
+import {
+  describeKafka,
+  kafkaClientSettings,
+  kafkaFlagSpecs,
+  KAFKA_SECURITY_HELP,
+} from '../common/kafka-config';
 import { createLogger, parseLevel } from '../common/log';
 import { createRegistry, registerValueSchema, valueSubject } from '../common/registry';
 import { startCapture, validateFilters, type CaptureOptions } from '../producer/capture/capture';
@@ -50,11 +55,13 @@ ${KAFKA_SECURITY_HELP}  --log-level LEVEL       debug, info, warn or error      
 
 function byteCount(text: string | undefined, flag: string): number {
   const m = /^(\d+)\s*([kmg]i?b?)?$/i.exec(String(text).trim());
-  if (!m) throw new UsageError(`${flag} wants a size in bytes (e.g. 1073741824 or 512M), got "${text}"`);
+  if (!m)
+    throw new UsageError(`${flag} wants a size in bytes (e.g. 1073741824 or 512M), got "${text}"`);
   const unit = (m[2] ?? '').toLowerCase()[0];
   const scale = unit === 'k' ? 1 << 10 : unit === 'm' ? 1 << 20 : unit === 'g' ? 1 << 30 : 1;
   const value = Number(m[1]) * scale;
-  if (!Number.isSafeInteger(value) || value <= 0) throw new UsageError(`${flag} must be positive, got "${text}"`);
+  if (!Number.isSafeInteger(value) || value <= 0)
+    throw new UsageError(`${flag} must be positive, got "${text}"`);
   return value;
 }
 
@@ -106,7 +113,10 @@ export async function runProduce(argv: string[]): Promise<number> {
     process.stdout.write(HELP);
     return 0;
   }
-  const log = createLogger('producer', parseLevel(values['log-level'] ?? process.env.TCPAUDIT_LOG_LEVEL));
+  const log = createLogger(
+    'producer',
+    parseLevel(values['log-level'] ?? process.env.TCPAUDIT_LOG_LEVEL),
+  );
   const { topic } = kafkaSettings(values, 'tcpaudit-producer');
   let kafka;
   try {
@@ -115,8 +125,16 @@ export async function runProduce(argv: string[]): Promise<number> {
     throw new UsageError((err as Error).message);
   }
   const { url } = registrySettings(values);
-  const compression = oneOf(values.compression!, Object.keys(COMPRESSION) as Compression[], '--compression');
-  const overflow = oneOf(values.overflow!, ['drop-oldest', 'drop-newest'] as Overflow[], '--overflow');
+  const compression = oneOf(
+    values.compression!,
+    Object.keys(COMPRESSION) as Compression[],
+    '--compression',
+  );
+  const overflow = oneOf(
+    values.overflow!,
+    ['drop-oldest', 'drop-newest'] as Overflow[],
+    '--overflow',
+  );
   const spoolMaxBytes = byteCount(values['spool-max-bytes'], '--spool-max-bytes');
   const metricsPort = port(values['metrics-port']!, '--metrics-port');
   const shutdownMs = positiveInt(values['shutdown-timeout-ms'], '--shutdown-timeout-ms');
@@ -126,8 +144,12 @@ export async function runProduce(argv: string[]): Promise<number> {
     filters = {
       filterPorts: [...new Set((values.port ?? []).map((p) => positiveInt(p, '--port')))],
       filterCidrs: values.cidr ?? [],
-      filterNetns: values.netns === undefined ? undefined
-        : /^\d+$/.test(values.netns) ? Number(values.netns) : fs.statSync(values.netns).ino,
+      filterNetns:
+        values.netns === undefined
+          ? undefined
+          : /^\d+$/.test(values.netns)
+            ? Number(values.netns)
+            : fs.statSync(values.netns).ino,
     };
     validateFilters(filters); // startCapture checks again; this makes a mistake a usage error
   } catch (err) {
@@ -137,16 +159,31 @@ export async function runProduce(argv: string[]): Promise<number> {
   const registry = createRegistry(url);
   const schema = await registerValueSchema(registry, url, topic);
   const gapSchema = await registerGapSchema(registry, url, topic);
-  log.info('schema registered', { subject: valueSubject(topic), schemaId: schema.id, gapSchemaId: gapSchema.id });
+  log.info('schema registered', {
+    subject: valueSubject(topic),
+    schemaId: schema.id,
+    gapSchemaId: gapSchema.id,
+  });
 
   const metrics = new ProducerMetrics({ processMetrics: true });
   // A taken port costs the metrics, not the audit trail: capture goes on without /metrics.
-  const server = metricsPort === null ? null
-    : await serveMetrics(metrics.registry, values['metrics-host']!, metricsPort).catch((err: Error) => {
-      log.error('metrics not served', { host: values['metrics-host'], port: metricsPort, error: err.message });
-      return null;
+  const server =
+    metricsPort === null
+      ? null
+      : await serveMetrics(metrics.registry, values['metrics-host']!, metricsPort).catch(
+          (err: Error) => {
+            log.error('metrics not served', {
+              host: values['metrics-host'],
+              port: metricsPort,
+              error: err.message,
+            });
+            return null;
+          },
+        );
+  if (server)
+    log.info('metrics listening', {
+      url: `http://${values['metrics-host']}:${server.port}/metrics`,
     });
-  if (server) log.info('metrics listening', { url: `http://${values['metrics-host']}:${server.port}/metrics` });
 
   // The run id is the capture's, known once it is loaded; the spool and the publisher need it
   // first, so capture starts right after them with events buffered meanwhile.
@@ -164,13 +201,19 @@ export async function runProduce(argv: string[]): Promise<number> {
     ringBytes: positiveInt(values['ring-bytes'], '--ring-bytes'),
     ...filters,
     onEvents: (events: Events) => {
-      if (captureLog !== null) fs.writeSync(captureLog, events.map((e) => `${e.connId} ${e.seq}\n`).join(''));
+      if (captureLog !== null)
+        fs.writeSync(captureLog, events.map((e) => `${e.connId} ${e.seq}\n`).join(''));
       deliver(events);
     },
     // Confirmed kernel (or addon) loss, each sequence range once, from the capture.
     onLoss: (info: { kernelLost: number; userDropped: number; seqFrom: number; seqTo: number }) => {
-      const report = () => publisher!.noteLoss('kernel', 'KERNEL_RING_FULL',
-        { runId, count: info.seqTo - info.seqFrom + 1, seqFrom: info.seqFrom, seqTo: info.seqTo });
+      const report = () =>
+        publisher!.noteLoss('kernel', 'KERNEL_RING_FULL', {
+          runId,
+          count: info.seqTo - info.seqFrom + 1,
+          seqFrom: info.seqFrom,
+          seqTo: info.seqTo,
+        });
       if (publisher) report();
       else pendingLoss.push(report);
     },
@@ -210,18 +253,27 @@ export async function runProduce(argv: string[]): Promise<number> {
   pub.start();
   const pollLoss = kernelLossFallback(capture, pub, runId, log);
   log.info('producing', {
-    topic, runId, kafka: describeKafka(kafka), compression, filters,
+    topic,
+    runId,
+    kafka: describeKafka(kafka),
+    compression,
+    filters,
     spool: spool ? { dir: spool.dir, maxBytes: spool.maxBytes, overflow } : null,
   });
 
   const report = setInterval(() => {
     log.info('stats', { capture: capture.stats(), publisher: pub.getStats() });
   }, 10_000);
-  const signal = await untilSignal(() => failure !== null, () => {
-    const result = pub.abort();
-    return `${result.spooled} events left in the spool${spool ? ` (${spool.dir})` : ''}` +
-      (result.lost > 0 ? `, ${result.lost} events lost (no spool)` : '');
-  });
+  const signal = await untilSignal(
+    () => failure !== null,
+    () => {
+      const result = pub.abort();
+      return (
+        `${result.spooled} events left in the spool${spool ? ` (${spool.dir})` : ''}` +
+        (result.lost > 0 ? `, ${result.lost} events lost (no spool)` : '')
+      );
+    },
+  );
   clearInterval(report);
   clearInterval(pollLoss);
   log.info('stopping', { signal });
@@ -246,13 +298,20 @@ function kernelLossFallback(
   log: ReturnType<typeof createLogger>,
 ): NodeJS.Timeout {
   const hasOnLoss = 'lossReported' in capture.stats();
-  if (!hasOnLoss) log.warn('capture has no onLoss: kernel loss reported from counters, without sequence numbers');
+  if (!hasOnLoss)
+    log.warn('capture has no onLoss: kernel loss reported from counters, without sequence numbers');
   let seen = 0;
   const timer = setInterval(() => {
     if (hasOnLoss) return;
     const s = capture.stats();
     const lost = s.kernelLost + s.userDropped;
-    if (lost > seen) pub.noteLoss('kernel', 'KERNEL_RING_FULL', { runId, count: lost - seen, seqFrom: -1, seqTo: -1 });
+    if (lost > seen)
+      pub.noteLoss('kernel', 'KERNEL_RING_FULL', {
+        runId,
+        count: lost - seen,
+        seqFrom: -1,
+        seqTo: -1,
+      });
     seen = lost;
   }, 1000);
   timer.unref();

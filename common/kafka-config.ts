@@ -120,20 +120,31 @@ export function kafkaClientSettings(
   const keyFile = flags['kafka-tls-key'] ?? env.KAFKA_TLS_KEY;
   const insecure = flags['kafka-tls-insecure'] ?? truthy(env.KAFKA_TLS_INSECURE);
   if (certFile !== undefined && keyFile === undefined) {
-    throw new KafkaConfigError('a TLS client certificate needs its key: give --kafka-tls-key (KAFKA_TLS_KEY)');
+    throw new KafkaConfigError(
+      'a TLS client certificate needs its key: give --kafka-tls-key (KAFKA_TLS_KEY)',
+    );
   }
   if (keyFile !== undefined && certFile === undefined) {
-    throw new KafkaConfigError('a TLS client key needs its certificate: give --kafka-tls-cert (KAFKA_TLS_CERT)');
+    throw new KafkaConfigError(
+      'a TLS client key needs its certificate: give --kafka-tls-cert (KAFKA_TLS_CERT)',
+    );
   }
   // Any TLS file implies TLS: a CA given for a plaintext connection would be silently unused.
-  const tlsOn = (flags['kafka-tls'] ?? truthy(env.KAFKA_TLS)) ||
-    caFile !== undefined || certFile !== undefined || insecure;
+  const tlsOn =
+    (flags['kafka-tls'] ?? truthy(env.KAFKA_TLS)) ||
+    caFile !== undefined ||
+    certFile !== undefined ||
+    insecure;
   let tls: KafkaTls | null = null;
   if (tlsOn) {
     tls = { rejectUnauthorized: !insecure };
     if (caFile !== undefined) tls.ca = readPem(caFile, 'TLS CA file', readFile);
     if (certFile !== undefined) tls.cert = readPem(certFile, 'TLS certificate file', readFile);
-    hide(tls, 'key', keyFile === undefined ? undefined : readPem(keyFile, 'TLS key file', readFile));
+    hide(
+      tls,
+      'key',
+      keyFile === undefined ? undefined : readPem(keyFile, 'TLS key file', readFile),
+    );
   }
 
   const mechanismText = flags['kafka-sasl-mechanism'] ?? env.KAFKA_SASL_MECHANISM;
@@ -146,26 +157,34 @@ export function kafkaClientSettings(
   let sasl: KafkaSasl | null = null;
   if (mechanismText === undefined || mechanismText === '') {
     if (username !== undefined || password !== undefined) {
-      throw new KafkaConfigError('a SASL username or password needs a mechanism: give ' +
-        '--kafka-sasl-mechanism (KAFKA_SASL_MECHANISM) plain, scram-sha-256 or scram-sha-512');
+      throw new KafkaConfigError(
+        'a SASL username or password needs a mechanism: give ' +
+          '--kafka-sasl-mechanism (KAFKA_SASL_MECHANISM) plain, scram-sha-256 or scram-sha-512',
+      );
     }
   } else {
     const mechanism = mechanismText.toLowerCase() as SaslMechanism;
     if (!SASL_MECHANISMS.includes(mechanism)) {
-      throw new KafkaConfigError(`unknown SASL mechanism "${mechanismText}": use plain, ` +
-        'scram-sha-256 or scram-sha-512');
+      throw new KafkaConfigError(
+        `unknown SASL mechanism "${mechanismText}": use plain, ` + 'scram-sha-256 or scram-sha-512',
+      );
     }
     if (!username) {
-      throw new KafkaConfigError(`SASL ${mechanism} needs a username: give --kafka-sasl-username ` +
-        '(KAFKA_SASL_USERNAME)');
+      throw new KafkaConfigError(
+        `SASL ${mechanism} needs a username: give --kafka-sasl-username ` + '(KAFKA_SASL_USERNAME)',
+      );
     }
     if (!password) {
-      throw new KafkaConfigError(`SASL ${mechanism} needs a password: set KAFKA_SASL_PASSWORD ` +
-        'or give --kafka-sasl-password-file (a password on the command line would show in ps)');
+      throw new KafkaConfigError(
+        `SASL ${mechanism} needs a password: set KAFKA_SASL_PASSWORD ` +
+          'or give --kafka-sasl-password-file (a password on the command line would show in ps)',
+      );
     }
     if (mechanism === 'plain' && !tls && !truthy(env.KAFKA_SASL_ALLOW_PLAINTEXT)) {
-      throw new KafkaConfigError('SASL PLAIN sends the password in clear: use --kafka-tls, or set ' +
-        'KAFKA_SASL_ALLOW_PLAINTEXT=1 on a network you trust');
+      throw new KafkaConfigError(
+        'SASL PLAIN sends the password in clear: use --kafka-tls, or set ' +
+          'KAFKA_SASL_ALLOW_PLAINTEXT=1 on a network you trust',
+      );
     }
     sasl = hide({ mechanism, username } as KafkaSasl, 'password', password);
   }
@@ -176,8 +195,13 @@ export function kafkaClientSettings(
 export function describeKafka(s: KafkaClientSettings): Record<string, unknown> {
   return {
     brokers: s.brokers,
-    tls: s.tls ? { ca: s.tls.ca !== undefined, clientCert: s.tls.cert !== undefined,
-      verify: s.tls.rejectUnauthorized } : false,
+    tls: s.tls
+      ? {
+          ca: s.tls.ca !== undefined,
+          clientCert: s.tls.cert !== undefined,
+          verify: s.tls.rejectUnauthorized,
+        }
+      : false,
     sasl: s.sasl ? { mechanism: s.sasl.mechanism, username: s.sasl.username } : false,
   };
 }
@@ -188,12 +212,19 @@ export function kafkajsConfig(s: KafkaClientSettings): KafkaConfig {
   if (s.tls) {
     // kafkajs copies `ssl` with Object.assign, which would drop a non-enumerable key: the
     // key goes into a secure context instead, where no printed object shows it.
-    const secureContext = tls.createSecureContext({ ca: s.tls.ca, cert: s.tls.cert, key: s.tls.key });
+    const secureContext = tls.createSecureContext({
+      ca: s.tls.ca,
+      cert: s.tls.cert,
+      key: s.tls.key,
+    });
     config.ssl = { rejectUnauthorized: s.tls.rejectUnauthorized, secureContext };
   }
   if (s.sasl) {
-    config.sasl = hide({ mechanism: s.sasl.mechanism, username: s.sasl.username } as SASLOptions,
-      'password', s.sasl.password);
+    config.sasl = hide(
+      { mechanism: s.sasl.mechanism, username: s.sasl.username } as SASLOptions,
+      'password',
+      s.sasl.password,
+    );
   }
   return config;
 }

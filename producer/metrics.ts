@@ -68,12 +68,17 @@ export class ProducerMetrics {
 
   constructor(opts: { processMetrics?: boolean } = {}) {
     for (const stage of ['kernel', 'user_queue', 'spool'] as const) this.dropped.inc({ stage }, 0);
-    if (opts.processMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'tcpaudit_producer_' });
+    if (opts.processMetrics)
+      collectDefaultMetrics({ register: this.registry, prefix: 'tcpaudit_producer_' });
   }
 }
 
 /** Serves GET /metrics on host:port; resolves with the port (0 picks a free one). */
-export function serveMetrics(registry: Registry, host: string, port: number): Promise<http.Server & { port: number }> {
+export function serveMetrics(
+  registry: Registry,
+  host: string,
+  port: number,
+): Promise<http.Server & { port: number }> {
   const server = http.createServer((req, res) => {
     if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
       res.writeHead(404).end('not found: try /metrics\n');

@@ -1,6 +1,13 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { Kafka, Partitioners, logLevel, CompressionTypes, type Producer, type Message } from 'kafkajs';
+import {
+  Kafka,
+  Partitioners,
+  logLevel,
+  CompressionTypes,
+  type Producer,
+  type Message,
+} from 'kafkajs';
 import type avro from 'avsc';
 import type { TcpEvent } from '../common/event';
 import type { Logger } from '../common/log';
@@ -22,7 +29,8 @@ import type { Dropped, Lease, Overflow, Spool } from './spool';
 export const COMPRESSION = { gzip: CompressionTypes.GZIP, none: CompressionTypes.None } as const;
 export type Compression = keyof typeof COMPRESSION;
 
-export type GapReason = 'KERNEL_RING_FULL' | 'USER_QUEUE_FULL' | 'SPOOL_FULL' | 'DECODE_FAILED' | 'UNKNOWN';
+export type GapReason =
+  'KERNEL_RING_FULL' | 'USER_QUEUE_FULL' | 'SPOOL_FULL' | 'DECODE_FAILED' | 'UNKNOWN';
 
 /** A run of lost state changes, as schemas/capture-gap.avsc carries it. */
 export interface Gap {
@@ -152,7 +160,10 @@ export class Publisher {
   private gaps: Gap[] = [];
   private gapsInFlight = 0;
   private stats = {
-    captured: 0, published: 0, spooled: 0, sendErrors: 0,
+    captured: 0,
+    published: 0,
+    spooled: 0,
+    sendErrors: 0,
     dropped: { kernel: 0, user_queue: 0, spool: 0 } as Record<DropStage, number>,
   };
   private connected = false;
@@ -175,15 +186,17 @@ export class Publisher {
       // move, not an outage, so a failed request comes back quickly and is counted.
       retry: { retries: 3, initialRetryTime: 100, maxRetryTime: 1000 },
       connectionTimeout: 3000,
-      logCreator: () => ({ namespace, level, log }) => {
-        const { message, ...extra } = log;
-        // While Kafka is away kafkajs logs every failed attempt as an error; the drain loop
-        // says it once ('kafka unavailable'), so kafkajs' own lines go to debug meanwhile.
-        const fields = { namespace, ...extra };
-        const away = !this.connected || this.lastError !== '';
-        if (level <= logLevel.ERROR && !away) opts.log.warn(String(message), fields);
-        else opts.log.debug(String(message), fields);
-      },
+      logCreator:
+        () =>
+        ({ namespace, level, log }) => {
+          const { message, ...extra } = log;
+          // While Kafka is away kafkajs logs every failed attempt as an error; the drain loop
+          // says it once ('kafka unavailable'), so kafkajs' own lines go to debug meanwhile.
+          const fields = { namespace, ...extra };
+          const away = !this.connected || this.lastError !== '';
+          if (level <= logLevel.ERROR && !away) opts.log.warn(String(message), fields);
+          else opts.log.debug(String(message), fields);
+        },
     });
     // Idempotence needs one request in flight per broker (kafkajs' rule), which also keeps
     // per-partition order through retries.
@@ -200,8 +213,10 @@ export class Publisher {
     if (opts.spool) this.loadGaps();
     if (opts.spool && opts.spool.records > 0) {
       this.spilling = true;
-      this.log.info('spool holds events from an earlier run: replaying them first',
-        { records: opts.spool.records, bytes: opts.spool.bytes });
+      this.log.info('spool holds events from an earlier run: replaying them first', {
+        records: opts.spool.records,
+        bytes: opts.spool.bytes,
+      });
     }
     this.updateGauges();
   }
@@ -219,9 +234,18 @@ export class Publisher {
       for (const topic of [this.opts.topic, gapsTopic(this.opts.topic)]) {
         const created = await admin.createTopics({
           waitForLeaders: true,
-          topics: [{ topic, numPartitions: this.opts.partitions, replicationFactor: this.opts.replicationFactor }],
+          topics: [
+            {
+              topic,
+              numPartitions: this.opts.partitions,
+              replicationFactor: this.opts.replicationFactor,
+            },
+          ],
         });
-        this.log.info(created ? 'topic created' : 'topic exists', { topic, partitions: this.opts.partitions });
+        this.log.info(created ? 'topic created' : 'topic exists', {
+          topic,
+          partitions: this.opts.partitions,
+        });
       }
     } finally {
       await admin.disconnect();
@@ -241,10 +265,19 @@ export class Publisher {
       const start = this.slabAt;
       this.slab[start] = 0;
       this.slab.writeUInt32BE(this.opts.schemaId, start + 1);
-      const end = (this.opts.valueType as unknown as AvroEncoder).encode(record, this.slab, start + 5);
+      const end = (this.opts.valueType as unknown as AvroEncoder).encode(
+        record,
+        this.slab,
+        start + 5,
+      );
       if (end > 0) {
         this.slabAt = end;
-        return { key: event.connId, value: this.slab.subarray(start, end), seq: event.seq, runId: this.opts.origin.runId };
+        return {
+          key: event.connId,
+          value: this.slab.subarray(start, end),
+          seq: event.seq,
+          runId: this.opts.origin.runId,
+        };
       }
       // Did not fit: -end is how much more it needed; a fresh slab always holds one record.
       if (this.slabAt === 0) throw new Error(`record of ${-end} bytes does not fit a slab`);
@@ -289,7 +322,9 @@ export class Publisher {
       this.noteLoss('spool', 'SPOOL_FULL', d);
     }
     this.stats.spooled += items.length - (this.opts.spool!.overflow === 'drop-newest' ? lost : 0);
-    this.metrics.spooled.inc(items.length - (this.opts.spool!.overflow === 'drop-newest' ? lost : 0));
+    this.metrics.spooled.inc(
+      items.length - (this.opts.spool!.overflow === 'drop-newest' ? lost : 0),
+    );
   }
 
   /** No spool and memory is full: drop by the overflow policy, never the batch in flight. */
@@ -315,12 +350,24 @@ export class Publisher {
     this.stats.dropped[stage] += d.count;
     this.metrics.dropped.inc({ stage }, d.count);
     const last = this.gaps.length > this.gapsInFlight ? this.gaps[this.gaps.length - 1] : null;
-    if (last && last.reason === reason && last.runId === d.runId && d.seqFrom >= 0 && last.seqTo + 1 === d.seqFrom) {
+    if (
+      last &&
+      last.reason === reason &&
+      last.runId === d.runId &&
+      d.seqFrom >= 0 &&
+      last.seqTo + 1 === d.seqFrom
+    ) {
       last.seqTo = d.seqTo;
       last.count += d.count;
     } else {
-      this.gaps.push({ runId: d.runId, seqFrom: d.seqFrom, seqTo: d.seqTo, count: d.count, reason,
-        detectedAt: Date.now() * 1000 });
+      this.gaps.push({
+        runId: d.runId,
+        seqFrom: d.seqFrom,
+        seqTo: d.seqTo,
+        count: d.count,
+        reason,
+        detectedAt: Date.now() * 1000,
+      });
     }
     this.log.warn('events lost', { stage, reason, ...d });
   }
@@ -350,8 +397,11 @@ export class Publisher {
   }
 
   private onSuccess(): void {
-    if (this.lastError) this.log.info('kafka is back', { queued: this.queue.length - this.head,
-      spooled: this.opts.spool?.records ?? 0 });
+    if (this.lastError)
+      this.log.info('kafka is back', {
+        queued: this.queue.length - this.head,
+        spooled: this.opts.spool?.records ?? 0,
+      });
     this.lastError = '';
     this.backoffMs = RETRY_MIN_MS;
     this.metrics.kafkaUp.set(1);
@@ -362,8 +412,11 @@ export class Publisher {
     this.metrics.sendErrors.inc();
     this.metrics.kafkaUp.set(0);
     if (err.message !== this.lastError) {
-      this.log.warn('kafka unavailable, holding events', { error: err.message,
-        queued: this.queue.length - this.head, spooled: this.opts.spool?.records ?? 0 });
+      this.log.warn('kafka unavailable, holding events', {
+        error: err.message,
+        queued: this.queue.length - this.head,
+        spooled: this.opts.spool?.records ?? 0,
+      });
     }
     this.lastError = err.message;
     this.retryAt = Date.now() + this.backoffMs;
@@ -397,7 +450,8 @@ export class Publisher {
 
   private async sendBatch(batch: Pending[]): Promise<void> {
     const messages: Message[] = new Array(batch.length);
-    for (let i = 0; i < batch.length; i++) messages[i] = { key: batch[i].key, value: batch[i].value };
+    for (let i = 0; i < batch.length; i++)
+      messages[i] = { key: batch[i].key, value: batch[i].value };
     const started = process.hrtime.bigint();
     await this.producer.send({
       topic: this.opts.topic,
@@ -427,8 +481,14 @@ export class Publisher {
     const { host, bootId } = this.opts.origin;
     const messages = this.gaps.map((g) => {
       const body = this.opts.gapType.toBuffer({
-        host, boot_id: bootId, run_id: g.runId, seq_from: g.seqFrom, seq_to: g.seqTo,
-        count: g.count, reason: g.reason, detected_at: g.detectedAt,
+        host,
+        boot_id: bootId,
+        run_id: g.runId,
+        seq_from: g.seqFrom,
+        seq_to: g.seqTo,
+        count: g.count,
+        reason: g.reason,
+        detected_at: g.detectedAt,
       });
       const value = Buffer.allocUnsafe(5 + body.length);
       value[0] = 0;
@@ -445,7 +505,10 @@ export class Publisher {
     const sent = this.gaps.splice(0, messages.length);
     if (this.opts.spool) fs.rmSync(path.join(this.opts.spool.dir, GAPS_FILE), { force: true });
     this.metrics.gapsPublished.inc(sent.length);
-    this.log.info('gap records published', { gaps: sent.length, events: sent.reduce((n, g) => n + g.count, 0) });
+    this.log.info('gap records published', {
+      gaps: sent.length,
+      events: sent.reduce((n, g) => n + g.count, 0),
+    });
   }
 
   private updateGauges(): void {
@@ -482,7 +545,9 @@ export class Publisher {
   async stop(deadlineMs = 15_000): Promise<StopResult> {
     if (this.timer) clearInterval(this.timer);
     const until = Date.now() + deadlineMs;
-    const empty = () => this.queue.length === this.head && this.gaps.length === 0 &&
+    const empty = () =>
+      this.queue.length === this.head &&
+      this.gaps.length === 0 &&
       (this.opts.spool?.records ?? 0) === 0;
     while (!empty() && Date.now() < until) {
       this.retryAt = Math.min(this.retryAt, Date.now());
@@ -490,7 +555,10 @@ export class Publisher {
       // deadline wins, and the batch in flight is spooled with the rest (if the broker did
       // take it, the next run sends it twice: at least once, never lost).
       let timer: NodeJS.Timeout | undefined;
-      await Promise.race([this.flush(), new Promise((r) => (timer = setTimeout(r, Math.max(0, until - Date.now()))))]);
+      await Promise.race([
+        this.flush(),
+        new Promise((r) => (timer = setTimeout(r, Math.max(0, until - Date.now())))),
+      ]);
       clearTimeout(timer);
       if (this.lastError) break; // Kafka is away: spool instead of waiting out the deadline
     }
@@ -516,20 +584,25 @@ export class Publisher {
     this.inFlight = 0;
     if (!spool) {
       if (rest.length > 0) {
-        for (const group of byRun(rest)) this.noteLoss('user_queue', 'USER_QUEUE_FULL', rangeOf(group));
+        for (const group of byRun(rest))
+          this.noteLoss('user_queue', 'USER_QUEUE_FULL', rangeOf(group));
       }
       return { spooled: 0, gapsSpooled: 0, lost: rest.length };
     }
     // Memory is older than anything spooled: it becomes the first segments, in order.
     const groups = byRun(rest);
     for (let i = groups.length - 1; i >= 0; i--) {
-      spool.prepend(groups[i].map((p) => ({ key: p.key, value: p.value, seq: p.seq })), groups[i][0].runId);
+      spool.prepend(
+        groups[i].map((p) => ({ key: p.key, value: p.value, seq: p.seq })),
+        groups[i][0].runId,
+      );
     }
     const leases = new Set(rest.map((p) => p.lease).filter((l): l is LeaseRef => l !== undefined));
     for (const ref of leases) ref.lease.release();
     const gapsSpooled = this.gaps.length;
     const file = path.join(spool.dir, GAPS_FILE);
-    if (gapsSpooled > 0) fs.writeFileSync(file, this.gaps.map((g) => JSON.stringify(g) + '\n').join(''));
+    if (gapsSpooled > 0)
+      fs.writeFileSync(file, this.gaps.map((g) => JSON.stringify(g) + '\n').join(''));
     this.gaps = [];
     return { spooled: spool.records, gapsSpooled, lost: 0 };
   }
@@ -538,7 +611,10 @@ export class Publisher {
   private loadGaps(): void {
     const file = path.join(this.opts.spool!.dir, GAPS_FILE);
     if (!fs.existsSync(file)) return;
-    const lines = fs.readFileSync(file, 'utf8').split('\n').filter((l) => l.trim() !== '');
+    const lines = fs
+      .readFileSync(file, 'utf8')
+      .split('\n')
+      .filter((l) => l.trim() !== '');
     for (const line of lines) {
       try {
         this.gaps.push(JSON.parse(line) as Gap);
@@ -551,7 +627,12 @@ export class Publisher {
 }
 
 function rangeOf(items: Pending[]): Dropped {
-  return { runId: items[0].runId, count: items.length, seqFrom: items[0].seq, seqTo: items[items.length - 1].seq };
+  return {
+    runId: items[0].runId,
+    count: items.length,
+    seqFrom: items[0].seq,
+    seqTo: items[items.length - 1].seq,
+  };
 }
 
 /** Splits a run of queue items where the capture run changes. */

@@ -89,7 +89,10 @@ export class Spool {
   }
 
   private load(): void {
-    const names = fs.readdirSync(this.dir).filter((n) => NAME.test(n)).sort();
+    const names = fs
+      .readdirSync(this.dir)
+      .filter((n) => NAME.test(n))
+      .sort();
     for (const name of names) {
       const [, num, runId] = NAME.exec(name)!;
       const file = path.join(this.dir, name);
@@ -100,8 +103,14 @@ export class Spool {
         continue;
       }
       this.segments.push({
-        number: Number(num), runId, file, bytes: validBytes, count: records.length,
-        seqFrom: records[0].seq, seqTo: records[records.length - 1].seq, leased: false,
+        number: Number(num),
+        runId,
+        file,
+        bytes: validBytes,
+        count: records.length,
+        seqFrom: records[0].seq,
+        seqTo: records[records.length - 1].seq,
+        leased: false,
       });
     }
   }
@@ -120,8 +129,16 @@ export class Spool {
     this.closeActive();
     const number = this.nextNumber();
     const file = this.fileFor(number, this.runId);
-    const seg: Segment = { number, runId: this.runId, file, bytes: 0, count: 0, seqFrom: -1,
-      seqTo: -1, leased: false };
+    const seg: Segment = {
+      number,
+      runId: this.runId,
+      file,
+      bytes: 0,
+      count: 0,
+      seqFrom: -1,
+      seqTo: -1,
+      leased: false,
+    };
     this.segments.push(seg);
     this.active = { seg, fd: fs.openSync(file, 'a') };
     return this.active;
@@ -150,12 +167,19 @@ export class Spool {
     let first = 0;
     if (this.overflow === 'drop-oldest') {
       while (this.bytes + size > this.maxBytes) {
-        const victim = this.segments.find((s) => !s.leased && s !== this.active?.seg)
-          ?? (this.active && !this.active.seg.leased && this.active.seg.count > 0 ? this.active.seg : null);
+        const victim =
+          this.segments.find((s) => !s.leased && s !== this.active?.seg) ??
+          (this.active && !this.active.seg.leased && this.active.seg.count > 0
+            ? this.active.seg
+            : null);
         if (!victim) break;
         if (victim === this.active?.seg) this.closeActive();
-        dropped.push({ runId: victim.runId, count: victim.count, seqFrom: victim.seqFrom,
-          seqTo: victim.seqTo });
+        dropped.push({
+          runId: victim.runId,
+          count: victim.count,
+          seqFrom: victim.seqFrom,
+          seqTo: victim.seqTo,
+        });
         this.removeSegment(victim);
       }
     }
@@ -200,8 +224,16 @@ export class Spool {
     const file = this.fileFor(number, runId);
     const data = Buffer.concat(records.map(encode));
     fs.writeFileSync(file, data);
-    this.segments.unshift({ number, runId, file, bytes: data.length, count: records.length,
-      seqFrom: records[0].seq, seqTo: records[records.length - 1].seq, leased: false });
+    this.segments.unshift({
+      number,
+      runId,
+      file,
+      bytes: data.length,
+      count: records.length,
+      seqFrom: records[0].seq,
+      seqTo: records[records.length - 1].seq,
+      leased: false,
+    });
   }
 
   /** Takes the oldest segment for replay, or null when nothing is waiting. */
@@ -238,7 +270,12 @@ function encode(r: SpoolRecord): Buffer {
 }
 
 function range(runId: string, records: SpoolRecord[]): Dropped {
-  return { runId, count: records.length, seqFrom: records[0].seq, seqTo: records[records.length - 1].seq };
+  return {
+    runId,
+    count: records.length,
+    seqFrom: records[0].seq,
+    seqTo: records[records.length - 1].seq,
+  };
 }
 
 export function readSegment(file: string): { records: SpoolRecord[]; validBytes: number } {

@@ -26,12 +26,15 @@ const HOST = '127.0.0.1';
 
 export async function privateKafka(port = 29092, controllerPort = port + 1): Promise<PrivateKafka> {
   for (const p of [port, controllerPort]) {
-    if (await portInUse(HOST, p)) throw new Error(`port ${p} is in use: another private Kafka still running?`);
+    if (await portInUse(HOST, p))
+      throw new Error(`port ${p} is in use: another private Kafka still running?`);
   }
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tcpaudit-kafka-'));
   const config = path.join(dataDir, 'server.properties');
   const log4j = path.join(dataDir, 'log4j.properties');
-  fs.writeFileSync(config, `process.roles=broker,controller
+  fs.writeFileSync(
+    config,
+    `process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@${HOST}:${controllerPort}
 listeners=PLAINTEXT://${HOST}:${port},CONTROLLER://${HOST}:${controllerPort}
@@ -47,14 +50,36 @@ transaction.state.log.min.isr=1
 offsets.topic.num.partitions=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
-`);
-  fs.writeFileSync(log4j, 'log4j.rootLogger=WARN, stdout\nlog4j.appender.stdout=org.apache.log4j.ConsoleAppender\n' +
-    'log4j.appender.stdout.layout=org.apache.log4j.PatternLayout\nlog4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n\n');
-  const jvm = ['-Xms128m', '-Xmx384m', '-Djava.awt.headless=true', `-Dlog4j.configuration=file:${log4j}`,
-    '-cp', `${kafkaLibDir()}/*`];
-  const format = spawnSync(javaBin(), [...jvm, 'kafka.tools.StorageTool', 'format', '-t',
-    crypto.randomBytes(16).toString('base64url'), '-c', config], { encoding: 'utf8', timeout: 120_000 });
-  if (format.status !== 0) throw new Error(`kafka storage format failed: ${format.stdout}${format.stderr}`);
+`,
+  );
+  fs.writeFileSync(
+    log4j,
+    'log4j.rootLogger=WARN, stdout\nlog4j.appender.stdout=org.apache.log4j.ConsoleAppender\n' +
+      'log4j.appender.stdout.layout=org.apache.log4j.PatternLayout\nlog4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n\n',
+  );
+  const jvm = [
+    '-Xms128m',
+    '-Xmx384m',
+    '-Djava.awt.headless=true',
+    `-Dlog4j.configuration=file:${log4j}`,
+    '-cp',
+    `${kafkaLibDir()}/*`,
+  ];
+  const format = spawnSync(
+    javaBin(),
+    [
+      ...jvm,
+      'kafka.tools.StorageTool',
+      'format',
+      '-t',
+      crypto.randomBytes(16).toString('base64url'),
+      '-c',
+      config,
+    ],
+    { encoding: 'utf8', timeout: 120_000 },
+  );
+  if (format.status !== 0)
+    throw new Error(`kafka storage format failed: ${format.stdout}${format.stderr}`);
 
   let child: ChildProcess | null = null;
   let exited: Promise<void> = Promise.resolve();
@@ -72,7 +97,8 @@ auto.create.topics.enable=false
       exited = new Promise((resolve) => proc.once('exit', () => resolve()));
       const deadline = Date.now() + 60_000;
       while (!(await portInUse(HOST, port))) {
-        if (proc.exitCode !== null) throw new Error(`private kafka exited: ${fs.readFileSync(logFile, 'utf8').slice(-2000)}`);
+        if (proc.exitCode !== null)
+          throw new Error(`private kafka exited: ${fs.readFileSync(logFile, 'utf8').slice(-2000)}`);
         if (Date.now() > deadline) throw new Error('private kafka did not listen within 60 s');
         await sleep(200);
       }

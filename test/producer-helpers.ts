@@ -15,9 +15,19 @@ export interface TopicRecord {
 }
 
 /** Every record of a topic, read from the start to the end offsets as they are now. */
-export async function readTopic(brokers: string, topic: string, schemaFile?: string): Promise<TopicRecord[]> {
-  const type = schemaFile ? avro.Type.forSchema(JSON.parse(fs.readFileSync(schemaFile, 'utf8'))) : loadValueSchema().type;
-  const kafka = new Kafka({ clientId: 'tcpaudit-test-reader', brokers: [brokers], logLevel: logLevel.NOTHING });
+export async function readTopic(
+  brokers: string,
+  topic: string,
+  schemaFile?: string,
+): Promise<TopicRecord[]> {
+  const type = schemaFile
+    ? avro.Type.forSchema(JSON.parse(fs.readFileSync(schemaFile, 'utf8')))
+    : loadValueSchema().type;
+  const kafka = new Kafka({
+    clientId: 'tcpaudit-test-reader',
+    brokers: [brokers],
+    logLevel: logLevel.NOTHING,
+  });
   const admin = kafka.admin();
   await admin.connect();
   const ends = await admin.fetchTopicOffsets(topic);
@@ -30,23 +40,28 @@ export async function readTopic(brokers: string, topic: string, schemaFile?: str
   await consumer.connect();
   await consumer.subscribe({ topic, fromBeginning: true });
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`read ${out.length} of ${total} records of ${topic}`)), 60_000);
-    void consumer.run({
-      eachBatch: async ({ batch }) => {
-        for (const m of batch.messages) {
-          out.push({
-            partition: batch.partition,
-            offset: Number(m.offset),
-            key: m.key?.toString() ?? '',
-            value: type.fromBuffer(m.value!.subarray(5)) as Record<string, unknown>,
-          });
-        }
-        if (out.length >= total) {
-          clearTimeout(timer);
-          resolve();
-        }
-      },
-    }).catch(reject);
+    const timer = setTimeout(
+      () => reject(new Error(`read ${out.length} of ${total} records of ${topic}`)),
+      60_000,
+    );
+    void consumer
+      .run({
+        eachBatch: async ({ batch }) => {
+          for (const m of batch.messages) {
+            out.push({
+              partition: batch.partition,
+              offset: Number(m.offset),
+              key: m.key?.toString() ?? '',
+              value: type.fromBuffer(m.value!.subarray(5)) as Record<string, unknown>,
+            });
+          }
+          if (out.length >= total) {
+            clearTimeout(timer);
+            resolve();
+          }
+        },
+      })
+      .catch(reject);
   });
   await consumer.disconnect();
   return out;
@@ -55,17 +70,24 @@ export async function readTopic(brokers: string, topic: string, schemaFile?: str
 /** The producer's --capture-log: one "connId seq" line per captured event. */
 export function readCaptureLog(file: string): Array<{ connId: string; seq: number }> {
   if (!fs.existsSync(file)) return [];
-  return fs.readFileSync(file, 'utf8').split('\n').filter((l) => l).map((l) => {
-    const [connId, seq] = l.split(' ');
-    return { connId, seq: Number(seq) };
-  });
+  return fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((l) => l)
+    .map((l) => {
+      const [connId, seq] = l.split(' ');
+      return { connId, seq: Number(seq) };
+    });
 }
 
 /**
  * Checks that the topic holds each captured event exactly once, and each connection's
  * events in sequence order (one connection, one partition, offsets follow seq).
  */
-export function compareWithCapture(captured: Array<{ connId: string; seq: number }>, records: TopicRecord[]) {
+export function compareWithCapture(
+  captured: Array<{ connId: string; seq: number }>,
+  records: TopicRecord[],
+) {
   // seq restarts with each capture run; the connId carries the run id, so the pair is unique.
   const id = (connId: unknown, seq: unknown) => `${String(connId)}/${String(seq)}`;
   const seen = new Map<string, number>();
@@ -73,7 +95,9 @@ export function compareWithCapture(captured: Array<{ connId: string; seq: number
     const k = id(r.value.conn_id, r.value.seq);
     seen.set(k, (seen.get(k) ?? 0) + 1);
   }
-  const missing = captured.filter((c) => !seen.has(id(c.connId, c.seq))).map((c) => id(c.connId, c.seq));
+  const missing = captured
+    .filter((c) => !seen.has(id(c.connId, c.seq)))
+    .map((c) => id(c.connId, c.seq));
   const duplicated = [...seen.entries()].filter(([, n]) => n > 1).map(([k]) => k);
   const capturedIds = new Set(captured.map((c) => id(c.connId, c.seq)));
   const unknown = [...seen.keys()].filter((k) => !capturedIds.has(k));
@@ -92,7 +116,9 @@ export function compareWithCapture(captured: Array<{ connId: string; seq: number
 }
 
 /** Opens and closes `rate` loopback connections a second until stopped; counts them. */
-export async function steadyTraffic(rate: number): Promise<{ port: number; stop(): Promise<number> }> {
+export async function steadyTraffic(
+  rate: number,
+): Promise<{ port: number; stop(): Promise<number> }> {
   const server = net.createServer((s) => {
     s.on('error', () => undefined);
     s.resume();
@@ -124,10 +150,15 @@ export async function steadyTraffic(rate: number): Promise<{ port: number; stop(
 /** GET /metrics, parsed into "name{labels}" -> value. */
 export async function scrape(port: number): Promise<Map<string, number>> {
   const text = await new Promise<string>((resolve, reject) => {
-    http.get({ host: '127.0.0.1', port, path: '/metrics' }, (res) => {
-      let body = '';
-      res.setEncoding('utf8').on('data', (d) => (body += d)).on('end', () => resolve(body));
-    }).on('error', reject);
+    http
+      .get({ host: '127.0.0.1', port, path: '/metrics' }, (res) => {
+        let body = '';
+        res
+          .setEncoding('utf8')
+          .on('data', (d) => (body += d))
+          .on('end', () => resolve(body));
+      })
+      .on('error', reject);
   });
   const out = new Map<string, number>();
   for (const line of text.split('\n')) {

@@ -12,9 +12,12 @@ import { endpoints, uniqueName } from './harness';
 let url: string;
 const subjects: string[] = [];
 
-before(async () => {
-  url = (await endpoints()).env.SCHEMA_REGISTRY_URL.replace(/\/+$/, '');
-}, { timeout: 180_000 });
+before(
+  async () => {
+    url = (await endpoints()).env.SCHEMA_REGISTRY_URL.replace(/\/+$/, '');
+  },
+  { timeout: 180_000 },
+);
 
 after(async () => {
   for (const s of subjects) {
@@ -35,29 +38,65 @@ async function rest(method: string, path: string, body?: unknown) {
 }
 
 const v1Schema = JSON.parse(loadValueSchema().text);
-const withField = (field: Record<string, unknown>) => ({ ...v1Schema, fields: [...v1Schema.fields, field] });
-const v2Schema = withField({ name: 'container_id', type: ['null', 'string'], default: null,
-  doc: 'test-only field: what a v2 might add' });
+const withField = (field: Record<string, unknown>) => ({
+  ...v1Schema,
+  fields: [...v1Schema.fields, field],
+});
+const v2Schema = withField({
+  name: 'container_id',
+  type: ['null', 'string'],
+  default: null,
+  doc: 'test-only field: what a v2 might add',
+});
 
 const v1Record = {
-  conn_id: 'abc-1-2', seq: 7, host: 'h1', boot_id: 'b', time: 1_764_000_000_000_000, family: 'INET',
-  local_addr: '10.0.0.1', local_port: 40000, remote_addr: '10.0.0.2', remote_port: 443,
-  old_state: 'SYN_SENT', new_state: 'ESTABLISHED', pid: 1, tid: 1, comm: 'curl', uid: 0, netns: 1,
-  cgroup_id: 1, bytes_sent: 0, bytes_received: 0, segs_out: 1, segs_in: 1, retransmits: 0, srtt_us: 10,
-  ...Object.fromEntries(v1Schema.fields.filter((f: { default?: unknown }) => 'default' in f)
-    .map((f: { name: string; default: unknown }) => [f.name, f.default])),
+  conn_id: 'abc-1-2',
+  seq: 7,
+  host: 'h1',
+  boot_id: 'b',
+  time: 1_764_000_000_000_000,
+  family: 'INET',
+  local_addr: '10.0.0.1',
+  local_port: 40000,
+  remote_addr: '10.0.0.2',
+  remote_port: 443,
+  old_state: 'SYN_SENT',
+  new_state: 'ESTABLISHED',
+  pid: 1,
+  tid: 1,
+  comm: 'curl',
+  uid: 0,
+  netns: 1,
+  cgroup_id: 1,
+  bytes_sent: 0,
+  bytes_received: 0,
+  segs_out: 1,
+  segs_in: 1,
+  retransmits: 0,
+  srtt_us: 10,
+  ...Object.fromEntries(
+    v1Schema.fields
+      .filter((f: { default?: unknown }) => 'default' in f)
+      .map((f: { name: string; default: unknown }) => [f.name, f.default]),
+  ),
 };
 
 test('BACKWARD: v2 with an optional field is accepted, and v1 and v2 read each other', async () => {
   const subject = `${uniqueName('tcpaudit.schema')}-value`;
   subjects.push(subject);
   await setCompatibility(url, subject, COMPATIBILITY.BACKWARD);
-  const first = await rest('POST', `/subjects/${subject}/versions`, { schema: JSON.stringify(v1Schema) });
+  const first = await rest('POST', `/subjects/${subject}/versions`, {
+    schema: JSON.stringify(v1Schema),
+  });
   assert.equal(first.status, 200, JSON.stringify(first.body));
-  const check = await rest('POST', `/compatibility/subjects/${subject}/versions/latest`, { schema: JSON.stringify(v2Schema) });
+  const check = await rest('POST', `/compatibility/subjects/${subject}/versions/latest`, {
+    schema: JSON.stringify(v2Schema),
+  });
   assert.equal(check.status, 200);
   assert.equal(check.body.is_compatible, true);
-  const second = await rest('POST', `/subjects/${subject}/versions`, { schema: JSON.stringify(v2Schema) });
+  const second = await rest('POST', `/subjects/${subject}/versions`, {
+    schema: JSON.stringify(v2Schema),
+  });
   assert.equal(second.status, 200, JSON.stringify(second.body));
   assert.notEqual(second.body.id, first.body.id);
 
@@ -77,9 +116,15 @@ test('BACKWARD: a new field without a default is refused with 409', async () => 
   const subject = `${uniqueName('tcpaudit.schema')}-value`;
   subjects.push(subject);
   await setCompatibility(url, subject, COMPATIBILITY.BACKWARD);
-  assert.equal((await rest('POST', `/subjects/${subject}/versions`, { schema: JSON.stringify(v1Schema) })).status, 200);
+  assert.equal(
+    (await rest('POST', `/subjects/${subject}/versions`, { schema: JSON.stringify(v1Schema) }))
+      .status,
+    200,
+  );
   const bad = withField({ name: 'container_id', type: 'string' });
-  const refused = await rest('POST', `/subjects/${subject}/versions`, { schema: JSON.stringify(bad) });
+  const refused = await rest('POST', `/subjects/${subject}/versions`, {
+    schema: JSON.stringify(bad),
+  });
   assert.equal(refused.status, 409, JSON.stringify(refused.body));
   const versions = await rest('GET', `/subjects/${subject}/versions`);
   assert.deepEqual(versions.body, [1], 'nothing was registered');
