@@ -56,7 +56,11 @@ interface CaptureRun {
   nsPerEvent: number;
 }
 
-async function stormWithCapture(binary: string, procs: number, seconds: number): Promise<CaptureRun> {
+async function stormWithCapture(
+  binary: string,
+  procs: number,
+  seconds: number,
+): Promise<CaptureRun> {
   let events = 0;
   const capture = startCapture({ onEvents: (batch) => (events += batch.length) });
   const before = capture.stats();
@@ -116,7 +120,11 @@ export function syntheticBatch(count: number): Buffer {
 
 /** Records decoded per second over about `ms` of repeated decodeBatch calls. */
 function decodeRate(batch: Buffer, count: number, ms: number): number {
-  const ctx: DecodeContext = { host: 'bench', bootId: 'f55b3d14-5451-4a01-a043-9ff884f227c5', clockOffsetNs: 1n };
+  const ctx: DecodeContext = {
+    host: 'bench',
+    bootId: 'f55b3d14-5451-4a01-a043-9ff884f227c5',
+    clockOffsetNs: 1n,
+  };
   let decoded = 0;
   const start = process.hrtime.bigint();
   const until = start + BigInt(ms) * 1_000_000n;

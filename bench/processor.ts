@@ -31,17 +31,30 @@ import { STAGES } from '../processor/handler';
 import { runIdOf } from '../processor/lifecycle';
 import { migrate } from '../processor/migrate';
 import { ensurePartitions } from '../processor/partitions';
-import { encodeEvent, registerSchemas, syntheticStream, type Schemas } from '../test/processor-helpers';
+import {
+  encodeEvent,
+  registerSchemas,
+  syntheticStream,
+  type Schemas,
+} from '../test/processor-helpers';
 
 const log = createLogger('bench', 'error');
 const brokers = process.env.KAFKA_BROKERS ?? DEFAULTS.brokers;
 const registryUrl = process.env.SCHEMA_REGISTRY_URL ?? DEFAULTS.registryUrl;
-const kafka = new Kafka({ clientId: 'tcpaudit-bench', brokers: brokers.split(','), logLevel: logLevel.NOTHING });
-const name = (p: string) => `${p}_${Date.now().toString(36)}_${Math.random().toString(36).slice(2, 6)}`;
+const kafka = new Kafka({
+  clientId: 'tcpaudit-bench',
+  brokers: brokers.split(','),
+  logLevel: logLevel.NOTHING,
+});
+const name = (p: string) =>
+  `${p}_${Date.now().toString(36)}_${Math.random().toString(36).slice(2, 6)}`;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const sorted = (xs: number[]) => [...xs].sort((a, b) => a - b);
 const median = (xs: number[]) => sorted(xs)[Math.floor(xs.length / 2)];
-const pct = (xs: number[], p: number) => { const s = sorted(xs); return s[Math.min(s.length - 1, Math.floor(s.length * p))]; };
+const pct = (xs: number[], p: number) => {
+  const s = sorted(xs);
+  return s[Math.min(s.length - 1, Math.floor(s.length * p))];
+};
 const topics: string[] = [];
 let launcher = path.resolve(__dirname, '..', '..', 'bin', 'tcpaudit.js');
 
@@ -56,7 +69,9 @@ interface BatchLine {
   stagesMs: Record<string, number>;
 }
 
-async function freshDatabase(migrated: boolean): Promise<{ db: string; pool: Pool; drop: () => Promise<void> }> {
+async function freshDatabase(
+  migrated: boolean,
+): Promise<{ db: string; pool: Pool; drop: () => Promise<void> }> {
   const db = name('tcpaudit_bench');
   const admin = new Client(pgDefaults());
   await admin.connect();
@@ -77,10 +92,13 @@ async function freshDatabase(migrated: boolean): Promise<{ db: string; pool: Poo
       await c.connect();
       // Another role's session (a monitor passing by) cannot be ended by ours: wait, then leave it.
       for (let attempt = 1; ; attempt++) {
-        const dropped = await c.query(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`).then(() => true, (err: Error) => {
-          if (attempt === 10) console.error(`could not drop database ${db}: ${err.message}`);
-          return attempt === 10;
-        });
+        const dropped = await c.query(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`).then(
+          () => true,
+          (err: Error) => {
+            if (attempt === 10) console.error(`could not drop database ${db}: ${err.message}`);
+            return attempt === 10;
+          },
+        );
         if (dropped) break;
         await sleep(1000);
       }
@@ -102,7 +120,8 @@ async function freshTopic(): Promise<{ topic: string; schemas: Schemas }> {
 async function publish(topic: string, messages: { key: string; value: Buffer }[]) {
   const producer = kafka.producer();
   await producer.connect();
-  for (let i = 0; i < messages.length; i += 5000) await producer.send({ topic, messages: messages.slice(i, i + 5000) });
+  for (let i = 0; i < messages.length; i += 5000)
+    await producer.send({ topic, messages: messages.slice(i, i + 5000) });
   await producer.disconnect();
 }
 
@@ -114,7 +133,10 @@ interface Running {
 
 /** A launcher run as its own process; its JSON log lines (stderr) are collected. */
 function runCli(launcher: string, args: string[], env: Record<string, string>): Running {
-  const child = spawn(process.execPath, [launcher, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(process.execPath, [launcher, ...args], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
   const logs: Record<string, unknown>[] = [];
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   readline.createInterface({ input: child.stderr! }).on('line', (line) => {
@@ -130,7 +152,8 @@ function runCli(launcher: string, args: string[], env: Record<string, string>): 
       for (const deadline = Date.now() + timeoutMs; ; await sleep(50)) {
         const seen = logs.find((l) => l.msg === msg);
         if (seen) return seen;
-        if (child.exitCode !== null || Date.now() > deadline) throw new Error(`no "${msg}" log: ${JSON.stringify(logs.slice(-5))}`);
+        if (child.exitCode !== null || Date.now() > deadline)
+          throw new Error(`no "${msg}" log: ${JSON.stringify(logs.slice(-5))}`);
       }
     },
     async stop() {
@@ -148,20 +171,41 @@ function events(n: number, tag: string, startUs: number) {
 }
 
 /** `tcpaudit process` on a database of its own, as run in production plus --profile. */
-async function startProcessor(topic: string, db: string, concurrency?: string): Promise<{ cli: Running; batches: BatchLine[] }> {
+async function startProcessor(
+  topic: string,
+  db: string,
+  concurrency?: string,
+): Promise<{ cli: Running; batches: BatchLine[] }> {
   const pg = pgDefaults();
   const env = {
-    PGHOST: pg.host, PGPORT: String(pg.port), PGUSER: pg.user, PGPASSWORD: pg.password, PGDATABASE: db,
-    KAFKA_BROKERS: brokers, SCHEMA_REGISTRY_URL: registryUrl,
+    PGHOST: pg.host,
+    PGPORT: String(pg.port),
+    PGUSER: pg.user,
+    PGPASSWORD: pg.password,
+    PGDATABASE: db,
+    KAFKA_BROKERS: brokers,
+    SCHEMA_REGISTRY_URL: registryUrl,
   };
-  const args = ['process', '--topic', topic, '--group', name('proc'), '--metrics-port', '0', '--profile'];
+  const args = [
+    'process',
+    '--topic',
+    topic,
+    '--group',
+    name('proc'),
+    '--metrics-port',
+    '0',
+    '--profile',
+  ];
   if (concurrency) args.push('--concurrency', concurrency);
   const cli = runCli(launcher, args, env);
   const listening = await cli.waitForLog('metrics listening', 120_000);
   const port = listening.port as number;
   // In its group and fetching: /healthz says so.
   for (const deadline = Date.now() + 60_000; ;) {
-    const ok = await fetch(`http://127.0.0.1:${port}/healthz`).then((r) => r.ok, () => false);
+    const ok = await fetch(`http://127.0.0.1:${port}/healthz`).then(
+      (r) => r.ok,
+      () => false,
+    );
     if (ok) break;
     if (Date.now() > deadline) throw new Error('processor never joined its group');
     await sleep(100);
@@ -169,12 +213,14 @@ async function startProcessor(topic: string, db: string, concurrency?: string): 
   return { cli, batches: cli.logs as unknown as BatchLine[] };
 }
 
-const batchLines = (logs: BatchLine[]) => logs.filter((l) => (l as unknown as { msg: string }).msg === 'batch');
+const batchLines = (logs: BatchLine[]) =>
+  logs.filter((l) => (l as unknown as { msg: string }).msg === 'batch');
 
 async function waitInserted(logs: BatchLine[], total: number, timeoutMs: number) {
   const deadline = Date.now() + timeoutMs;
   while (batchLines(logs).reduce((n, b) => n + b.inserted, 0) < total) {
-    if (Date.now() > deadline) throw new Error(`processor stored too few events within ${timeoutMs} ms`);
+    if (Date.now() > deadline)
+      throw new Error(`processor stored too few events within ${timeoutMs} ms`);
     await sleep(50);
   }
 }
@@ -196,14 +242,23 @@ async function processorThroughput(topic: string, total: number, concurrency?: s
       await cli.stop();
     }
     const lines = batchLines(batches);
-    return { rate: commitRate(lines.map((b) => ({ atMs: b.committedAtMs, n: b.inserted }))), lines };
+    return {
+      rate: commitRate(lines.map((b) => ({ atMs: b.committedAtMs, n: b.inserted }))),
+      lines,
+    };
   } finally {
     await drop();
   }
 }
 
 /** The older design: each event its own INSERT statement (autocommit), offsets in Kafka. */
-async function baseline(pool: Pool, topic: string, decode: Decode, total: number, latencies?: number[]) {
+async function baseline(
+  pool: Pool,
+  topic: string,
+  decode: Decode,
+  total: number,
+  latencies?: number[],
+) {
   const consumer = kafka.consumer({ groupId: name('base') });
   await consumer.connect();
   await consumer.subscribe({ topic, fromBeginning: true });
@@ -222,9 +277,35 @@ async function baseline(pool: Pool, topic: string, decode: Decode, total: number
              bytes_received, segs_out, segs_in, retransmits, srtt_us, kafka_topic, kafka_partition, kafka_offset)
            VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25,$26,0,$27)
            ON CONFLICT DO NOTHING`,
-          [c.connId, c.seq, c.host, c.bootId, runIdOf(c.connId), isoFromMicros(c.timeUs), c.family, c.localAddr,
-            c.localPort, c.remoteAddr, c.remotePort, c.oldState, c.newState, c.pid, c.tid, c.comm, c.uid, c.netns,
-            c.cgroupId, c.bytesSent, c.bytesReceived, c.segsOut, c.segsIn, c.retransmits, c.srttUs, topic, message.offset],
+          [
+            c.connId,
+            c.seq,
+            c.host,
+            c.bootId,
+            runIdOf(c.connId),
+            isoFromMicros(c.timeUs),
+            c.family,
+            c.localAddr,
+            c.localPort,
+            c.remoteAddr,
+            c.remotePort,
+            c.oldState,
+            c.newState,
+            c.pid,
+            c.tid,
+            c.comm,
+            c.uid,
+            c.netns,
+            c.cgroupId,
+            c.bytesSent,
+            c.bytesReceived,
+            c.segsOut,
+            c.segsIn,
+            c.retransmits,
+            c.srttUs,
+            topic,
+            message.offset,
+          ],
         );
         const now = Date.now();
         latencies?.push(now / 1000 - c.timeUs / 1e6);
@@ -239,19 +320,33 @@ async function baseline(pool: Pool, topic: string, decode: Decode, total: number
 }
 
 /** Offers `perSecond` events for `seconds`, each stamped with the time it is sent. */
-async function offer(topic: string, schemas: Schemas, perSecond: number, seconds: number, tag: string) {
+async function offer(
+  topic: string,
+  schemas: Schemas,
+  perSecond: number,
+  seconds: number,
+  tag: string,
+) {
   const producer = kafka.producer();
   await producer.connect();
   const stream = events(perSecond * seconds, tag, 0);
   const tick = 50;
-  const per = perSecond * tick / 1000;
+  const per = (perSecond * tick) / 1000;
   const t0 = Date.now();
   const sends: Promise<unknown>[] = [];
   for (let i = 0; i < stream.length; i += per) {
     const wait = t0 + (i / per) * tick - Date.now();
     if (wait > 0) await sleep(wait);
     const now = Date.now() * 1000;
-    sends.push(producer.send({ topic, acks: 1, messages: stream.slice(i, i + per).map((c) => ({ key: c.connId, value: encodeEvent(schemas, { ...c, timeUs: now }) })) }));
+    sends.push(
+      producer.send({
+        topic,
+        acks: 1,
+        messages: stream
+          .slice(i, i + per)
+          .map((c) => ({ key: c.connId, value: encodeEvent(schemas, { ...c, timeUs: now }) })),
+      }),
+    );
   }
   await Promise.all(sends);
   await producer.disconnect();
@@ -259,7 +354,12 @@ async function offer(topic: string, schemas: Schemas, perSecond: number, seconds
 }
 
 /** Latency of each event: the commit time of the batch that held its offset minus its send time. */
-async function processorLatency(rate: number, seconds: number, tag: string, concurrency?: string): Promise<number[]> {
+async function processorLatency(
+  rate: number,
+  seconds: number,
+  tag: string,
+  concurrency?: string,
+): Promise<number[]> {
   const { topic, schemas } = await freshTopic();
   const { db, pool, drop } = await freshDatabase(false);
   try {
@@ -278,7 +378,8 @@ async function processorLatency(rate: number, seconds: number, tag: string, conc
     for (const list of committed.values()) list.sort((a, b) => (a.to < b.to ? -1 : 1));
     const { rows } = await pool.query<{ p: number; o: string; us: string }>(
       `SELECT kafka_partition AS p, kafka_offset AS o, (extract(epoch FROM event_time) * 1000000)::int8 AS us
-         FROM tcp_events`);
+         FROM tcp_events`,
+    );
     return rows.map((r) => {
       const offset = BigInt(r.o);
       const batch = committed.get(r.p)!.find((b) => b.to >= offset)!;
@@ -289,7 +390,12 @@ async function processorLatency(rate: number, seconds: number, tag: string, conc
   }
 }
 
-async function baselineLatency(rate: number, seconds: number, tag: string, decode: Decode): Promise<number[]> {
+async function baselineLatency(
+  rate: number,
+  seconds: number,
+  tag: string,
+  decode: Decode,
+): Promise<number[]> {
   const { topic, schemas } = await freshTopic();
   const { pool, drop } = await freshDatabase(true);
   try {
@@ -310,7 +416,7 @@ function profileTable(lines: BatchLine[]): string[] {
   const out = STAGES.map((s) => {
     const per = lines.map((b) => b.stagesMs[s] ?? 0);
     const sum = per.reduce((a, b) => a + b, 0);
-    return `  ${s.padEnd(10)} ${median(per).toFixed(2).padStart(9)} ms  ${(sum / lines.length).toFixed(2).padStart(9)} ms  ${(100 * sum / total).toFixed(1).padStart(5)}%`;
+    return `  ${s.padEnd(10)} ${median(per).toFixed(2).padStart(9)} ms  ${(sum / lines.length).toFixed(2).padStart(9)} ms  ${((100 * sum) / total).toFixed(1).padStart(5)}%`;
   });
   const records = lines.map((b) => b.records);
   return [
@@ -339,12 +445,17 @@ async function main() {
   const launchers = values.cli ? values.cli.split(',').map((p) => path.resolve(p)) : [launcher];
   const decode = registryDecoder(createRegistry(registryUrl));
   type Figures = { rate: number[]; p50: number[]; p99: number[]; profile: BatchLine[] };
-  const columns = new Map<string, Figures>([...launchers, 'baseline'].map((l) => [l, { rate: [], p50: [], p99: [], profile: [] }]));
+  const columns = new Map<string, Figures>(
+    [...launchers, 'baseline'].map((l) => [l, { rate: [], p50: [], p99: [], profile: [] }]),
+  );
   try {
     for (let run = 0; run < runs; run++) {
       const { topic, schemas } = await freshTopic();
       const stream = events(total, `r${run}`, Date.now() * 1000);
-      await publish(topic, stream.map((c) => ({ key: c.connId, value: encodeEvent(schemas, c) })));
+      await publish(
+        topic,
+        stream.map((c) => ({ key: c.connId, value: encodeEvent(schemas, c) })),
+      );
       for (const l of launchers) {
         launcher = l;
         const fig = columns.get(l)!;
@@ -354,7 +465,9 @@ async function main() {
         const lat = await processorLatency(rate, seconds, `l${run}`, values.concurrency);
         fig.p50.push(pct(lat, 0.5));
         fig.p99.push(pct(lat, 0.99));
-        console.error(`run ${run + 1} ${l}: ${fig.rate.at(-1)!.toFixed(0)} events/s, p50 ${fig.p50.at(-1)!.toFixed(3)} s, p99 ${fig.p99.at(-1)!.toFixed(3)} s`);
+        console.error(
+          `run ${run + 1} ${l}: ${fig.rate.at(-1)!.toFixed(0)} events/s, p50 ${fig.p50.at(-1)!.toFixed(3)} s, p99 ${fig.p99.at(-1)!.toFixed(3)} s`,
+        );
       }
       if (baseN > 0) {
         const fig = columns.get('baseline')!;
@@ -367,38 +480,57 @@ async function main() {
         const blat = await baselineLatency(rate, seconds, `m${run}`, decode);
         fig.p50.push(pct(blat, 0.5));
         fig.p99.push(pct(blat, 0.99));
-        console.error(`run ${run + 1} baseline: ${fig.rate.at(-1)!.toFixed(0)} events/s, p50 ${fig.p50.at(-1)!.toFixed(3)} s, p99 ${fig.p99.at(-1)!.toFixed(3)} s`);
+        console.error(
+          `run ${run + 1} baseline: ${fig.rate.at(-1)!.toFixed(0)} events/s, p50 ${fig.p50.at(-1)!.toFixed(3)} s, p99 ${fig.p99.at(-1)!.toFixed(3)} s`,
+        );
       }
     }
   } finally {
     const admin = kafka.admin();
     await admin.connect();
     const existing = new Set(await admin.listTopics());
-    await admin.deleteTopics({ topics: topics.filter((t) => existing.has(t)) }).catch(() => undefined);
+    await admin
+      .deleteTopics({ topics: topics.filter((t) => existing.has(t)) })
+      .catch(() => undefined);
     await admin.disconnect();
   }
   const f = (x: number | undefined) => (x === undefined ? '-' : x.toFixed(x < 10 ? 3 : 0));
   const shown = [...columns].filter(([, fig]) => fig.rate.length > 0);
   const base = columns.get('baseline')!.rate;
-  console.log(`processor bench, ${runs} runs, medians (throughput from a ${total}-event backlog, baseline the first ` +
-    `${baseN} of it; latency at ${rate} events/s offered for ${seconds} s)`);
-  shown.forEach(([l], i) => console.log(`  [${i + 1}] ${l === 'baseline' ? 'one INSERT per event (baseline)' : `${l} process`}`));
+  console.log(
+    `processor bench, ${runs} runs, medians (throughput from a ${total}-event backlog, baseline the first ` +
+      `${baseN} of it; latency at ${rate} events/s offered for ${seconds} s)`,
+  );
+  shown.forEach(([l], i) =>
+    console.log(
+      `  [${i + 1}] ${l === 'baseline' ? 'one INSERT per event (baseline)' : `${l} process`}`,
+    ),
+  );
   console.log(`${''.padEnd(22)}${shown.map((_, i) => `[${i + 1}]`.padStart(12)).join('')}`);
   const row = (label: string, pick: (fig: Figures) => number[]) =>
-    console.log(`${label.padEnd(22)}${shown.map(([, fig]) => f(median(pick(fig))).padStart(12)).join('')}`);
+    console.log(
+      `${label.padEnd(22)}${shown.map(([, fig]) => f(median(pick(fig))).padStart(12)).join('')}`,
+    );
   row('events/s into PG', (fig) => fig.rate);
   if (base.length > 0) {
-    console.log(`${'x baseline'.padEnd(22)}${shown.map(([, fig]) => (median(fig.rate) / median(base)).toFixed(1).padStart(12)).join('')}`);
+    console.log(
+      `${'x baseline'.padEnd(22)}${shown.map(([, fig]) => (median(fig.rate) / median(base)).toFixed(1).padStart(12)).join('')}`,
+    );
   }
   row('e2e latency p50 (s)', (fig) => fig.p50);
   row('e2e latency p99 (s)', (fig) => fig.p99);
-  shown.filter(([l]) => l !== 'baseline').forEach(([, fig], i) => {
-    console.log(`[${i + 1}] where a backlog batch spends its time (--profile, all runs):`);
-    for (const line of profileTable(fig.profile)) console.log(line);
-  });
+  shown
+    .filter(([l]) => l !== 'baseline')
+    .forEach(([, fig], i) => {
+      console.log(`[${i + 1}] where a backlog batch spends its time (--profile, all runs):`);
+      for (const line of profileTable(fig.profile)) console.log(line);
+    });
 }
 
-main().then(() => process.exit(0), (err) => {
-  console.error(err);
-  process.exit(1);
-});
+main().then(
+  () => process.exit(0),
+  (err) => {
+    console.error(err);
+    process.exit(1);
+  },
+);

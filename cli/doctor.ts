@@ -102,7 +102,9 @@ function checkCaps(): Check {
   const bpf = hasCap(caps, CAP_BPF);
   const perfmon = hasCap(caps, CAP_PERFMON);
   const admin = hasCap(caps, CAP_SYS_ADMIN);
-  const held = [bpf && 'CAP_BPF', perfmon && 'CAP_PERFMON', admin && 'CAP_SYS_ADMIN'].filter(Boolean);
+  const held = [bpf && 'CAP_BPF', perfmon && 'CAP_PERFMON', admin && 'CAP_SYS_ADMIN'].filter(
+    Boolean,
+  );
   const detail = `effective ${held.length ? held.join(', ') : 'none of CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN'}`;
   if ((bpf && perfmon) || admin) return { name: 'capabilities', status: 'ok', detail, fix: '' };
   return {
@@ -125,7 +127,8 @@ export function memlockLimit(limits = readText('/proc/self/limits') ?? ''): numb
 
 function checkMemlock(): Check {
   const limit = memlockLimit();
-  const text = limit === undefined ? 'unknown' : limit === Infinity ? 'unlimited' : `${limit} bytes`;
+  const text =
+    limit === undefined ? 'unknown' : limit === Infinity ? 'unlimited' : `${limit} bytes`;
   // Since 5.11 BPF memory is charged to the memory cgroup, not to RLIMIT_MEMLOCK.
   if (atLeast(kernelVersion(), 5, 11) || limit === Infinity) {
     return {
@@ -157,9 +160,13 @@ function checkUnprivileged(): Check {
   return {
     name: 'unprivileged_bpf',
     status: value === '0' ? 'warn' : 'ok',
-    detail: `kernel.unprivileged_bpf_disabled=${value} (${meaning[value] ?? 'unknown'}); tcpaudit ` +
+    detail:
+      `kernel.unprivileged_bpf_disabled=${value} (${meaning[value] ?? 'unknown'}); tcpaudit ` +
       'needs capabilities either way',
-    fix: value === '0' ? 'hardening, not needed by tcpaudit: sysctl kernel.unprivileged_bpf_disabled=2' : '',
+    fix:
+      value === '0'
+        ? 'hardening, not needed by tcpaudit: sysctl kernel.unprivileged_bpf_disabled=2'
+        : '',
   };
 }
 
@@ -170,7 +177,8 @@ function checkTracefs(): Check {
   return {
     name: 'tracefs',
     status: 'ok',
-    detail: `${found.length ? found.join(' and ') + ' mounted' : 'neither tracefs nor debugfs mounted'}: ` +
+    detail:
+      `${found.length ? found.join(' and ') + ' mounted' : 'neither tracefs nor debugfs mounted'}: ` +
       'NOT needed, tcpaudit attaches to the BTF tracepoint (tp_btf) without them',
     fix: '',
   };
@@ -195,7 +203,7 @@ async function checkLoad(): Promise<Check> {
       detail: message,
       fix: /EPERM|permitted|CAP_/.test(message)
         ? 'grant CAP_BPF and CAP_PERFMON (or run as root)'
-        : 'run with --verbose capture for libbpf\'s log: tcpaudit capture --verbose',
+        : "run with --verbose capture for libbpf's log: tcpaudit capture --verbose",
     };
   }
 }
@@ -215,7 +223,12 @@ export async function runChecks(): Promise<Check[]> {
   checks.push(
     buildOk
       ? await checkLoad()
-      : { name: 'load', status: 'fail', detail: 'not tried: fix the failures above first', fix: '' },
+      : {
+          name: 'load',
+          status: 'fail',
+          detail: 'not tried: fix the failures above first',
+          fix: '',
+        },
   );
   return checks;
 }
@@ -234,7 +247,9 @@ export async function runDoctor(argv: string[]): Promise<number> {
   }
   const checks = await runChecks();
   const ok = checks.every((c) => c.status !== 'fail');
-  const verdict = ok ? 'capture can work on this host' : 'capture cannot work: see the failures above';
+  const verdict = ok
+    ? 'capture can work on this host'
+    : 'capture cannot work: see the failures above';
   if (values.json) {
     process.stdout.write(`${JSON.stringify({ ok, verdict, checks })}\n`);
   } else {

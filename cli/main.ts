@@ -28,7 +28,9 @@ const COMMANDS: Record<string, () => Command> = {
 
 function isUsageError(err: unknown): boolean {
   const code = (err as { code?: unknown }).code;
-  return err instanceof UsageError || (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS'));
+  return (
+    err instanceof UsageError || (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS'))
+  );
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -49,7 +51,10 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`tcpaudit ${name}: ${(err as Error).message}\n`);
       return 2;
     }
-    createLogger(name).error('failed', { error: (err as Error).message, stack: (err as Error).stack });
+    createLogger(name).error('failed', {
+      error: (err as Error).message,
+      stack: (err as Error).stack,
+    });
     return 1;
   }
 }

@@ -1,7 +1,12 @@
 import { parseArgs } from 'node:util';
 import { Pool } from 'pg';
 import { kafkaSettings, pgDefaults, registrySettings } from '../common/config';
-import { KAFKA_SECURITY_HELP, kafkaClientSettings, kafkaFlagSpecs, kafkajsConfig } from '../common/kafka-config';
+import {
+  KAFKA_SECURITY_HELP,
+  kafkaClientSettings,
+  kafkaFlagSpecs,
+  kafkajsConfig,
+} from '../common/kafka-config';
 import { createLogger, parseLevel, type Logger } from '../common/log';
 import { createRegistry } from '../common/registry';
 import { ProcessorConsumer } from '../processor/consumer';
@@ -43,12 +48,19 @@ PGDATABASE (defaults: the local stack, 127.0.0.1:15432, database tcpaudit).
 function intFlag(text: string | undefined, name: string, fallback: number, min = 0): number {
   if (text === undefined) return fallback;
   const n = Number(text);
-  if (!Number.isInteger(n) || n < min) throw new UsageError(`bad ${name} "${text}": expected an integer >= ${min}`);
+  if (!Number.isInteger(n) || n < min)
+    throw new UsageError(`bad ${name} "${text}": expected an integer >= ${min}`);
   return n;
 }
 
 /** Partitions ahead, retention and expiry: every minute, errors logged and retried next time. */
-function maintain(pool: Pool, log: Logger, metrics: ProcessorMetrics, retentionDays: number, idleLimit: number) {
+function maintain(
+  pool: Pool,
+  log: Logger,
+  metrics: ProcessorMetrics,
+  retentionDays: number,
+  idleLimit: number,
+) {
   let running = false;
   let ticks = 0;
   const tick = async () => {
@@ -100,14 +112,25 @@ export async function runProcess(argv: string[]): Promise<number> {
     process.stdout.write(HELP);
     return 0;
   }
-  const log = createLogger('processor', parseLevel(values['log-level'] ?? process.env.TCPAUDIT_LOG_LEVEL));
+  const log = createLogger(
+    'processor',
+    parseLevel(values['log-level'] ?? process.env.TCPAUDIT_LOG_LEVEL),
+  );
   const { topic } = kafkaSettings(values, 'tcpaudit-processor');
   const kafka = kafkajsConfig(kafkaClientSettings(values, 'tcpaudit-processor'));
   const { url } = registrySettings(values);
   const groupId = values.group ?? process.env.TCPAUDIT_GROUP ?? 'tcpaudit-processor';
   const concurrency = intFlag(values.concurrency, '--concurrency', 4, 1);
-  const metricsPort = intFlag(values['metrics-port'] ?? process.env.TCPAUDIT_METRICS_PORT, '--metrics-port', 9465);
-  const retentionDays = intFlag(values['retention-days'] ?? process.env.TCPAUDIT_RETENTION_DAYS, '--retention-days', 0);
+  const metricsPort = intFlag(
+    values['metrics-port'] ?? process.env.TCPAUDIT_METRICS_PORT,
+    '--metrics-port',
+    9465,
+  );
+  const retentionDays = intFlag(
+    values['retention-days'] ?? process.env.TCPAUDIT_RETENTION_DAYS,
+    '--retention-days',
+    0,
+  );
   const idleLimit = intFlag(values['idle-limit'], '--idle-limit', 3600, 1);
   const sessionTimeout = intFlag(values['session-timeout'], '--session-timeout', 30_000, 1000);
 
@@ -122,21 +145,35 @@ export async function runProcess(argv: string[]): Promise<number> {
     await dropExpiredPartitions(pool, log, retentionDays);
     await grantReader(pool, log);
     const consumer = new ProcessorConsumer({
-      kafka, topic, groupId, pool, decode: registryDecoder(createRegistry(url)), log, metrics, concurrency, sessionTimeout,
+      kafka,
+      topic,
+      groupId,
+      pool,
+      decode: registryDecoder(createRegistry(url)),
+      log,
+      metrics,
+      concurrency,
+      sessionTimeout,
       profile: values.profile,
     });
     const health = {
       consuming: () => consumer.consuming(),
       databaseAnswers: async () => (await pool.query('SELECT 1')).rowCount === 1,
     };
-    const portGiven = values['metrics-port'] !== undefined || process.env.TCPAUDIT_METRICS_PORT !== undefined;
-    server = await serveMetrics(metrics, health, metricsPort, values['metrics-host'] ?? '127.0.0.1', log)
-      .catch((err: NodeJS.ErrnoException) => {
-        // Only the default port may be taken (a second processor on one host): asked-for fails.
-        if (portGiven || err.code !== 'EADDRINUSE') throw err;
-        log.warn('metrics port taken: running without /metrics and /healthz', { port: metricsPort });
-        return null;
-      });
+    const portGiven =
+      values['metrics-port'] !== undefined || process.env.TCPAUDIT_METRICS_PORT !== undefined;
+    server = await serveMetrics(
+      metrics,
+      health,
+      metricsPort,
+      values['metrics-host'] ?? '127.0.0.1',
+      log,
+    ).catch((err: NodeJS.ErrnoException) => {
+      // Only the default port may be taken (a second processor on one host): asked-for fails.
+      if (portGiven || err.code !== 'EADDRINUSE') throw err;
+      log.warn('metrics port taken: running without /metrics and /healthz', { port: metricsPort });
+      return null;
+    });
     await consumer.start();
     const stopMaintenance = maintain(pool, log, metrics, retentionDays, idleLimit);
     const report = setInterval(() => log.info('stats', { ...consumer.stats }), 10_000);

@@ -26,8 +26,18 @@ An administrator gives an auditor a login once:
 `;
 
 export interface QueryFilters {
-  addr?: string; port?: number; remoteAddr?: string; remotePort?: number; comm?: string; pid?: number;
-  host?: string; outcome?: string; role?: string; since?: Date; until?: Date; limit: number;
+  addr?: string;
+  port?: number;
+  remoteAddr?: string;
+  remotePort?: number;
+  comm?: string;
+  pid?: number;
+  host?: string;
+  outcome?: string;
+  role?: string;
+  since?: Date;
+  until?: Date;
+  limit: number;
 }
 
 const OUTCOMES = ['open', 'completed', 'refused', 'reset', 'aborted', 'expired'];
@@ -41,7 +51,8 @@ export function buildQuery(f: QueryFilters): { text: string; values: unknown[] }
     values.push(value);
     where.push(sql(`$${values.length}`));
   };
-  if (f.addr !== undefined) add((p) => `(local_addr = ${p}::inet OR remote_addr = ${p}::inet)`, f.addr);
+  if (f.addr !== undefined)
+    add((p) => `(local_addr = ${p}::inet OR remote_addr = ${p}::inet)`, f.addr);
   if (f.port !== undefined) add((p) => `(local_port = ${p} OR remote_port = ${p})`, f.port);
   if (f.remoteAddr !== undefined) add((p) => `remote_addr = ${p}::inet`, f.remoteAddr);
   if (f.remotePort !== undefined) add((p) => `remote_port = ${p}`, f.remotePort);
@@ -63,9 +74,11 @@ export function buildQuery(f: QueryFilters): { text: string; values: unknown[] }
 
 function parseTime(text: string, now = Date.now()): Date {
   const rel = /^(\d+)([smhd])$/.exec(text);
-  if (rel) return new Date(now - Number(rel[1]) * { s: 1e3, m: 6e4, h: 3.6e6, d: 8.64e7 }[rel[2] as 's']);
+  if (rel)
+    return new Date(now - Number(rel[1]) * { s: 1e3, m: 6e4, h: 3.6e6, d: 8.64e7 }[rel[2] as 's']);
   const d = new Date(text);
-  if (Number.isNaN(d.getTime())) throw new UsageError(`bad time "${text}": ISO-8601 or 30m, 1h, 7d`);
+  if (Number.isNaN(d.getTime()))
+    throw new UsageError(`bad time "${text}": ISO-8601 or 30m, 1h, 7d`);
   return d;
 }
 
@@ -76,23 +89,44 @@ function int(text: string | undefined, name: string, max = 2 ** 31 - 1): number 
   return n;
 }
 
-export function parseFilters(argv: string[]): { filters: QueryFilters; json: boolean; help: boolean } {
+export function parseFilters(argv: string[]): {
+  filters: QueryFilters;
+  json: boolean;
+  help: boolean;
+} {
   const { values: v } = parseArgs({
     args: argv,
     options: {
-      addr: { type: 'string' }, port: { type: 'string' }, 'remote-addr': { type: 'string' },
-      'remote-port': { type: 'string' }, comm: { type: 'string' }, pid: { type: 'string' },
-      host: { type: 'string' }, outcome: { type: 'string' }, role: { type: 'string' },
-      since: { type: 'string' }, until: { type: 'string' }, limit: { type: 'string' },
-      json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
+      addr: { type: 'string' },
+      port: { type: 'string' },
+      'remote-addr': { type: 'string' },
+      'remote-port': { type: 'string' },
+      comm: { type: 'string' },
+      pid: { type: 'string' },
+      host: { type: 'string' },
+      outcome: { type: 'string' },
+      role: { type: 'string' },
+      since: { type: 'string' },
+      until: { type: 'string' },
+      limit: { type: 'string' },
+      json: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
     },
   });
-  if (v.outcome !== undefined && !OUTCOMES.includes(v.outcome)) throw new UsageError(`bad --outcome "${v.outcome}"`);
-  if (v.role !== undefined && !ROLES.includes(v.role)) throw new UsageError(`bad --role "${v.role}"`);
+  if (v.outcome !== undefined && !OUTCOMES.includes(v.outcome))
+    throw new UsageError(`bad --outcome "${v.outcome}"`);
+  if (v.role !== undefined && !ROLES.includes(v.role))
+    throw new UsageError(`bad --role "${v.role}"`);
   const filters: QueryFilters = {
-    addr: v.addr, port: int(v.port, '--port', 65535), remoteAddr: v['remote-addr'],
-    remotePort: int(v['remote-port'], '--remote-port', 65535), comm: v.comm, pid: int(v.pid, '--pid'),
-    host: v.host, outcome: v.outcome, role: v.role,
+    addr: v.addr,
+    port: int(v.port, '--port', 65535),
+    remoteAddr: v['remote-addr'],
+    remotePort: int(v['remote-port'], '--remote-port', 65535),
+    comm: v.comm,
+    pid: int(v.pid, '--pid'),
+    host: v.host,
+    outcome: v.outcome,
+    role: v.role,
     since: v.since === undefined ? undefined : parseTime(v.since),
     until: v.until === undefined ? undefined : parseTime(v.until),
     limit: int(v.limit, '--limit', 100_000) ?? 100,
@@ -114,17 +148,21 @@ export class WritableSessionError extends Error {
  */
 export async function readOnlySession(db: Client): Promise<void> {
   const member = await db.query(
-    "SELECT pg_has_role(current_user, 'tcpaudit_reader', 'MEMBER') AS m FROM pg_roles WHERE rolname = 'tcpaudit_reader'");
+    "SELECT pg_has_role(current_user, 'tcpaudit_reader', 'MEMBER') AS m FROM pg_roles WHERE rolname = 'tcpaudit_reader'",
+  );
   if (member.rows[0]?.m) await db.query('SET ROLE tcpaudit_reader');
   await db.query('SET default_transaction_read_only = on');
   const { rows } = await db.query<{ t: string }>(
     `SELECT t FROM unnest(ARRAY['connections','tcp_events','capture_gaps','dead_letters','consumer_offsets']) AS t
       WHERE to_regclass(t) IS NOT NULL AND (has_table_privilege(current_user, t, 'INSERT')
-         OR has_table_privilege(current_user, t, 'UPDATE') OR has_table_privilege(current_user, t, 'DELETE'))`);
+         OR has_table_privilege(current_user, t, 'UPDATE') OR has_table_privilege(current_user, t, 'DELETE'))`,
+  );
   if (rows.length > 0) {
     const who = (await db.query('SELECT current_user AS u')).rows[0].u;
-    throw new WritableSessionError(`refusing to run: role ${who} can write ${rows.map((r) => r.t).join(', ')}; ` +
-      'connect as a login that is a member of tcpaudit_reader (see --help)');
+    throw new WritableSessionError(
+      `refusing to run: role ${who} can write ${rows.map((r) => r.t).join(', ')}; ` +
+        'connect as a login that is a member of tcpaudit_reader (see --help)',
+    );
   }
 }
 
@@ -133,8 +171,18 @@ function table(rows: Record<string, unknown>[]): string {
   const cols = Object.keys(rows[0]);
   const cell = (v: unknown) => (v === null ? '' : v instanceof Date ? v.toISOString() : String(v));
   const widths = cols.map((c) => Math.max(c.length, ...rows.map((r) => cell(r[c]).length)));
-  const line = (vals: string[]) => vals.map((s, i) => s.padEnd(widths[i])).join(' | ').trimEnd();
-  return [line(cols), widths.map((w) => '-'.repeat(w)).join('-+-'), ...rows.map((r) => line(cols.map((c) => cell(r[c]))))].join('\n') + '\n';
+  const line = (vals: string[]) =>
+    vals
+      .map((s, i) => s.padEnd(widths[i]))
+      .join(' | ')
+      .trimEnd();
+  return (
+    [
+      line(cols),
+      widths.map((w) => '-'.repeat(w)).join('-+-'),
+      ...rows.map((r) => line(cols.map((c) => cell(r[c])))),
+    ].join('\n') + '\n'
+  );
 }
 
 export async function runQuery(argv: string[]): Promise<number> {

@@ -23,8 +23,12 @@ export const DEFAULTS = {
 type Env = Record<string, string | undefined>;
 
 export function parseBrokers(text: string): string[] {
-  const brokers = text.split(',').map((b) => b.trim()).filter((b) => b.length > 0);
-  if (brokers.length === 0) throw new Error('no Kafka broker given: set KAFKA_BROKERS or --brokers');
+  const brokers = text
+    .split(',')
+    .map((b) => b.trim())
+    .filter((b) => b.length > 0);
+  if (brokers.length === 0)
+    throw new Error('no Kafka broker given: set KAFKA_BROKERS or --brokers');
   for (const broker of brokers) {
     if (!/^[^\s:]+:\d{1,5}$/.test(broker) && !/^\[[0-9a-fA-F:]+\]:\d{1,5}$/.test(broker)) {
       throw new Error(`bad Kafka broker "${broker}": expected host:port`);

@@ -36,7 +36,14 @@ export function createLogger(
   const min = RANK[level];
   const emit = (lvl: Level, msg: string, fields?: Record<string, unknown>) => {
     if (RANK[lvl] < min) return;
-    const record = { time: new Date().toISOString(), level: lvl, component, msg, ...base, ...fields };
+    const record = {
+      time: new Date().toISOString(),
+      level: lvl,
+      component,
+      msg,
+      ...base,
+      ...fields,
+    };
     write(JSON.stringify(record, (_k, v) => plain(v)) + '\n');
   };
   return {

@@ -57,8 +57,10 @@ export async function setCompatibility(registryUrl: string, subject: string, lev
   });
   if (!response.ok) {
     const body = await response.text().catch(() => '');
-    throw new Error(`schema registry refused compatibility ${level} for ${subject}: ` +
-      `${response.status} ${body.slice(0, 200)}`);
+    throw new Error(
+      `schema registry refused compatibility ${level} for ${subject}: ` +
+        `${response.status} ${body.slice(0, 200)}`,
+    );
   }
 }
 

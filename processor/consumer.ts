@@ -1,4 +1,12 @@
-import { Kafka, logLevel, type Consumer, type EachBatchPayload, type KafkaConfig, type Producer, type Admin } from 'kafkajs';
+import {
+  Kafka,
+  logLevel,
+  type Consumer,
+  type EachBatchPayload,
+  type KafkaConfig,
+  type Producer,
+  type Admin,
+} from 'kafkajs';
 import type { Pool } from 'pg';
 import type { Logger } from '../common/log';
 import type { Decode } from './decode';
@@ -40,7 +48,9 @@ export function deadLetterMessages(letters: DeadLetter[]) {
     key: record.key,
     value: record.value,
     headers: {
-      ...Object.fromEntries(Object.entries(record.headers ?? {}).filter(([, v]) => v !== undefined)) as Record<string, Buffer | string>,
+      ...(Object.fromEntries(
+        Object.entries(record.headers ?? {}).filter(([, v]) => v !== undefined),
+      ) as Record<string, Buffer | string>),
       'tcpaudit-dlq-reason': reason,
       'tcpaudit-dlq-topic': record.topic,
       'tcpaudit-dlq-partition': String(record.partition),
@@ -58,7 +68,13 @@ export function deadLetterMessages(letters: DeadLetter[]) {
  * for tools that watch consumer lag.
  */
 export class ProcessorConsumer {
-  readonly stats: ProcessorStats = { batches: 0, inserted: 0, duplicates: 0, deadLetters: 0, gaps: 0 };
+  readonly stats: ProcessorStats = {
+    batches: 0,
+    inserted: 0,
+    duplicates: 0,
+    deadLetters: 0,
+    gaps: 0,
+  };
   private readonly consumer: Consumer;
   private readonly kafka: Kafka;
   private producer: Producer | null = null;
@@ -71,10 +87,12 @@ export class ProcessorConsumer {
     this.kafka = new Kafka({
       ...opts.kafka,
       logLevel: logLevel.WARN,
-      logCreator: () => ({ namespace, log }) => {
-        const { message, ...extra } = log;
-        opts.log.warn(String(message), { namespace, ...extra });
-      },
+      logCreator:
+        () =>
+        ({ namespace, log }) => {
+          const { message, ...extra } = log;
+          opts.log.warn(String(message), { namespace, ...extra });
+        },
     });
     this.consumer = this.kafka.consumer({
       groupId: opts.groupId,
@@ -97,7 +115,8 @@ export class ProcessorConsumer {
       this.inGroup = true;
     });
     this.consumer.on(REBALANCING, () => this.positions.clear());
-    for (const event of [CRASH, STOP, DISCONNECT]) this.consumer.on(event, () => (this.inGroup = false));
+    for (const event of [CRASH, STOP, DISCONNECT])
+      this.consumer.on(event, () => (this.inGroup = false));
     this.admin = this.kafka.admin();
     await this.admin.connect();
     await this.waitForTopic();
@@ -125,9 +144,12 @@ export class ProcessorConsumer {
     for (let attempt = 0; ; attempt++) {
       const topics = await admin.listTopics();
       if (topics.includes(topic)) {
-        const missing = [gapsTopic(topic), deadLetterTopic(topic)].filter((t) => !topics.includes(t));
+        const missing = [gapsTopic(topic), deadLetterTopic(topic)].filter(
+          (t) => !topics.includes(t),
+        );
         if (missing.length > 0) {
-          await admin.createTopics({ topics: missing.map((t) => ({ topic: t, numPartitions: 1 })) })
+          await admin
+            .createTopics({ topics: missing.map((t) => ({ topic: t, numPartitions: 1 })) })
             .catch((err) => log.warn('could not create topics', { topics: missing, error: err }));
         }
         return;
@@ -153,10 +175,19 @@ export class ProcessorConsumer {
   }
 
   private async sendDeadLetters(letters: DeadLetter[]): Promise<void> {
-    await this.producer!.send({ topic: deadLetterTopic(this.opts.topic), messages: deadLetterMessages(letters) });
+    await this.producer!.send({
+      topic: deadLetterTopic(this.opts.topic),
+      messages: deadLetterMessages(letters),
+    });
   }
 
-  private async onBatch({ batch, resolveOffset, heartbeat, isRunning, isStale }: EachBatchPayload): Promise<void> {
+  private async onBatch({
+    batch,
+    resolveOffset,
+    heartbeat,
+    isRunning,
+    isStale,
+  }: EachBatchPayload): Promise<void> {
     if (batch.messages.length === 0 || !isRunning() || isStale()) return;
     const { topic, partition } = batch;
     const key = `${topic}/${partition}`;
@@ -169,27 +200,45 @@ export class ProcessorConsumer {
     if (first > position) {
       const low = await this.lowWatermark(topic, partition);
       if (position >= low) {
-        this.opts.log.info('seeking to the offset stored in PostgreSQL', { topic, partition, offset: String(position), fetched: String(first) });
+        this.opts.log.info('seeking to the offset stored in PostgreSQL', {
+          topic,
+          partition,
+          offset: String(position),
+          fetched: String(first),
+        });
         this.consumer.seek({ topic, partition, offset: position.toString() });
         return;
       }
       this.opts.log.warn('records deleted by Kafka retention before they were processed', {
-        topic, partition, from: String(position), to: String(low - 1n),
+        topic,
+        partition,
+        from: String(position),
+        to: String(low - 1n),
       });
     }
     const records: SourceRecord[] = batch.messages
       .filter((m) => BigInt(m.offset) >= position!)
       .map((m) => ({
-        topic, partition, offset: m.offset, key: m.key, value: m.value,
+        topic,
+        partition,
+        offset: m.offset,
+        key: m.key,
+        value: m.value,
         headers: m.headers as SourceRecord['headers'],
       }));
     if (records.length > 0) {
       const started = process.hrtime.bigint();
       // A throw here (database or registry away) makes kafkajs retry the batch from its start;
       // the rows of a failed attempt were rolled back, and a replay of committed ones is a no-op.
-      const result = await handleBatch(records, this.opts.pool, this.opts.decode, this.opts.groupId, {
-        deadLetterSink: (letters) => this.sendDeadLetters(letters),
-      });
+      const result = await handleBatch(
+        records,
+        this.opts.pool,
+        this.opts.decode,
+        this.opts.groupId,
+        {
+          deadLetterSink: (letters) => this.sendDeadLetters(letters),
+        },
+      );
       this.opts.onBatchResult?.(result);
       if (this.opts.profile) this.logProfile(records, result);
       this.stats.batches++;
@@ -204,28 +253,46 @@ export class ProcessorConsumer {
         m.duplicates.inc(result.duplicates);
         m.deadLetters.inc(result.deadLetters);
         m.gaps.inc(result.gaps);
-        for (const us of result.eventTimesUs) m.endToEnd.observe(Math.max(0, result.committedAtMs / 1000 - us / 1e6));
+        for (const us of result.eventTimesUs)
+          m.endToEnd.observe(Math.max(0, result.committedAtMs / 1000 - us / 1e6));
       }
       if (result.deadLetters > 0) {
-        this.opts.log.warn('messages sent to dead letters', { topic, partition, count: result.deadLetters });
+        this.opts.log.warn('messages sent to dead letters', {
+          topic,
+          partition,
+          count: result.deadLetters,
+        });
       }
     }
     const next = BigInt(batch.lastOffset()) + 1n;
     this.positions.set(key, next);
-    this.opts.metrics?.lag.set({ topic, partition: String(partition) },
-      Math.max(0, Number(BigInt(batch.highWatermark) - next)));
+    this.opts.metrics?.lag.set(
+      { topic, partition: String(partition) },
+      Math.max(0, Number(BigInt(batch.highWatermark) - next)),
+    );
     resolveOffset(batch.lastOffset());
-    await this.consumer.commitOffsets([{ topic, partition, offset: next.toString() }]).catch((err) =>
-      this.opts.log.debug('kafka offset commit failed (PostgreSQL holds the offset)', { error: err }));
+    await this.consumer
+      .commitOffsets([{ topic, partition, offset: next.toString() }])
+      .catch((err) =>
+        this.opts.log.debug('kafka offset commit failed (PostgreSQL holds the offset)', {
+          error: err,
+        }),
+      );
     await heartbeat();
   }
 
   private logProfile(records: SourceRecord[], result: BatchResult): void {
     const ms = (x: number) => Math.round(x * 100) / 100;
     this.opts.log.info('batch', {
-      topic: records[0].topic, partition: records[0].partition, from: records[0].offset,
-      to: records[records.length - 1].offset, records: records.length, inserted: result.inserted,
-      connections: result.connections, startedAtMs: result.startedAtMs, committedAtMs: result.committedAtMs,
+      topic: records[0].topic,
+      partition: records[0].partition,
+      from: records[0].offset,
+      to: records[records.length - 1].offset,
+      records: records.length,
+      inserted: result.inserted,
+      connections: result.connections,
+      startedAtMs: result.startedAtMs,
+      committedAtMs: result.committedAtMs,
       stagesMs: Object.fromEntries(Object.entries(result.stagesMs).map(([k, v]) => [k, ms(v)])),
     });
   }

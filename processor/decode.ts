@@ -24,7 +24,8 @@ export interface CaptureGap {
   detectedUs: number;
 }
 
-export type DecodedValue = { kind: 'event'; change: StateChange } | { kind: 'gap'; gap: CaptureGap };
+export type DecodedValue =
+  { kind: 'event'; change: StateChange } | { kind: 'gap'; gap: CaptureGap };
 
 /**
  * Turns one message value into a row to write, or throws (or rejects with) BadMessageError. It
@@ -78,31 +79,59 @@ const cleanText = (s: string) => typeof s === 'string' && !s.includes('\u0000');
  */
 export function checkChange(c: StateChange): void {
   const bad = (why: string) => new BadMessageError(`invariant: ${why}`);
-  if (typeof c.connId !== 'string' || c.connId.length === 0) throw new BadMessageError('record has no connection id');
+  if (typeof c.connId !== 'string' || c.connId.length === 0)
+    throw new BadMessageError('record has no connection id');
   if (c.connId.length > 200 || !cleanText(c.connId)) throw bad('malformed connection id');
-  if (!c.host || !cleanText(c.host) || !cleanText(c.bootId) || !cleanText(c.comm)) throw bad('empty host or text with NUL');
+  if (!c.host || !cleanText(c.host) || !cleanText(c.bootId) || !cleanText(c.comm))
+    throw bad('empty host or text with NUL');
   if (!isCount(c.seq)) throw bad(`sequence number ${c.seq}`);
   if (!Number.isSafeInteger(c.timeUs) || c.timeUs <= 0) throw bad(`event time ${c.timeUs}`);
-  if (!isPort(c.localPort) || !isPort(c.remotePort)) throw bad(`port out of range ${c.localPort}/${c.remotePort}`);
+  if (!isPort(c.localPort) || !isPort(c.remotePort))
+    throw bad(`port out of range ${c.localPort}/${c.remotePort}`);
   if (!KNOWN_STATES.has(c.oldState) || !KNOWN_STATES.has(c.newState)) {
     throw bad(`unknown state ${c.oldState} -> ${c.newState}`);
   }
-  if (net.isIP(c.localAddr) === 0 || net.isIP(c.remoteAddr) === 0) throw bad('address is not an IP address');
-  for (const n of [c.uid, c.netns, c.cgroupId, c.bytesSent, c.bytesReceived, c.segsOut, c.segsIn,
-    c.retransmits, c.srttUs, c.sockInode, c.sockUid, c.sockGid]) {
+  if (net.isIP(c.localAddr) === 0 || net.isIP(c.remoteAddr) === 0)
+    throw bad('address is not an IP address');
+  for (const n of [
+    c.uid,
+    c.netns,
+    c.cgroupId,
+    c.bytesSent,
+    c.bytesReceived,
+    c.segsOut,
+    c.segsIn,
+    c.retransmits,
+    c.srttUs,
+    c.sockInode,
+    c.sockUid,
+    c.sockGid,
+  ]) {
     if (!Number.isSafeInteger(n)) throw bad('counter is not an integer');
   }
 }
 
 interface AvroGap {
-  host: string; boot_id: string; run_id: string; seq_from: number; seq_to: number; count: number;
-  reason: string; detected_at: number;
+  host: string;
+  boot_id: string;
+  run_id: string;
+  seq_from: number;
+  seq_to: number;
+  count: number;
+  reason: string;
+  detected_at: number;
 }
 
 export function gapFromAvro(rec: AvroGap): CaptureGap {
   const gap = {
-    host: rec.host, bootId: rec.boot_id, runId: rec.run_id, seqFrom: rec.seq_from, seqTo: rec.seq_to,
-    count: rec.count, reason: rec.reason, detectedUs: rec.detected_at,
+    host: rec.host,
+    bootId: rec.boot_id,
+    runId: rec.run_id,
+    seqFrom: rec.seq_from,
+    seqTo: rec.seq_to,
+    count: rec.count,
+    reason: rec.reason,
+    detectedUs: rec.detected_at,
   };
   if (!gap.host || !cleanText(gap.host) || !cleanText(gap.bootId) || !cleanText(gap.runId)) {
     throw new BadMessageError('invariant: gap without host');

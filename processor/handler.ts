@@ -44,8 +44,18 @@ export interface BatchResult {
 }
 
 /** The steps of a batch, as `tcpaudit process --profile` reports them. */
-export const STAGES = ['decode', 'begin', 'raw', 'load', 'lifecycle', 'upsert', 'gaps', 'offsets', 'commit',
-  'hostRuns'] as const;
+export const STAGES = [
+  'decode',
+  'begin',
+  'raw',
+  'load',
+  'lifecycle',
+  'upsert',
+  'gaps',
+  'offsets',
+  'commit',
+  'hostRuns',
+] as const;
 export type Stage = (typeof STAGES)[number];
 
 export function emptyStages(): Record<Stage, number> {
@@ -73,13 +83,36 @@ interface DecodedGap {
 }
 
 const RAW: [string, string][] = [
-  ['conn_id', 'text'], ['seq', 'int8'], ['host', 'text'], ['boot_id', 'text'], ['run_id', 'text'],
-  ['event_time', 'micros'], ['family', 'int2'], ['local_addr', 'inet'], ['local_port', 'int4'],
-  ['remote_addr', 'inet'], ['remote_port', 'int4'], ['old_state', 'text'], ['new_state', 'text'],
-  ['pid', 'int4'], ['tid', 'int4'], ['comm', 'text'], ['uid', 'int8'], ['netns', 'int8'],
-  ['cgroup_id', 'int8'], ['bytes_sent', 'int8'], ['bytes_received', 'int8'], ['segs_out', 'int8'],
-  ['segs_in', 'int8'], ['retransmits', 'int8'], ['srtt_us', 'int8'], ['sock_inode', 'int8'],
-  ['sock_uid', 'int8'], ['sock_gid', 'int8'], ['kafka_topic', 'text'], ['kafka_partition', 'int4'],
+  ['conn_id', 'text'],
+  ['seq', 'int8'],
+  ['host', 'text'],
+  ['boot_id', 'text'],
+  ['run_id', 'text'],
+  ['event_time', 'micros'],
+  ['family', 'int2'],
+  ['local_addr', 'inet'],
+  ['local_port', 'int4'],
+  ['remote_addr', 'inet'],
+  ['remote_port', 'int4'],
+  ['old_state', 'text'],
+  ['new_state', 'text'],
+  ['pid', 'int4'],
+  ['tid', 'int4'],
+  ['comm', 'text'],
+  ['uid', 'int8'],
+  ['netns', 'int8'],
+  ['cgroup_id', 'int8'],
+  ['bytes_sent', 'int8'],
+  ['bytes_received', 'int8'],
+  ['segs_out', 'int8'],
+  ['segs_in', 'int8'],
+  ['retransmits', 'int8'],
+  ['srtt_us', 'int8'],
+  ['sock_inode', 'int8'],
+  ['sock_uid', 'int8'],
+  ['sock_gid', 'int8'],
+  ['kafka_topic', 'text'],
+  ['kafka_partition', 'int4'],
   ['kafka_offset', 'int8'],
 ];
 
@@ -93,10 +126,36 @@ const INSERT_RAW = `INSERT INTO tcp_events (${RAW.map(([n]) => n).join(', ')})
 function rawValues(d: DecodedEvent): unknown[] {
   const c = d.change;
   return [
-    c.connId, c.seq, c.host, c.bootId, runIdOf(c.connId), c.timeUs, c.family,
-    c.localAddr, c.localPort, c.remoteAddr, c.remotePort, c.oldState, c.newState, c.pid, c.tid,
-    c.comm, c.uid, c.netns, c.cgroupId, c.bytesSent, c.bytesReceived, c.segsOut, c.segsIn,
-    c.retransmits, c.srttUs, c.sockInode, c.sockUid, c.sockGid, d.record.topic, d.record.partition,
+    c.connId,
+    c.seq,
+    c.host,
+    c.bootId,
+    runIdOf(c.connId),
+    c.timeUs,
+    c.family,
+    c.localAddr,
+    c.localPort,
+    c.remoteAddr,
+    c.remotePort,
+    c.oldState,
+    c.newState,
+    c.pid,
+    c.tid,
+    c.comm,
+    c.uid,
+    c.netns,
+    c.cgroupId,
+    c.bytesSent,
+    c.bytesReceived,
+    c.segsOut,
+    c.segsIn,
+    c.retransmits,
+    c.srttUs,
+    c.sockInode,
+    c.sockUid,
+    c.sockGid,
+    d.record.topic,
+    d.record.partition,
     d.record.offset,
   ];
 }
@@ -124,8 +183,12 @@ async function insertDeadLetters(db: PoolClient, dead: DeadLetter[]) {
      SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::int8[], $5::bytea[], $6::bytea[], $7::jsonb[])
      ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING`,
     [
-      dead.map((d) => d.reason), dead.map((d) => d.record.topic), dead.map((d) => d.record.partition),
-      dead.map((d) => d.record.offset), dead.map((d) => d.record.key), dead.map((d) => d.record.value),
+      dead.map((d) => d.reason),
+      dead.map((d) => d.record.topic),
+      dead.map((d) => d.record.partition),
+      dead.map((d) => d.record.offset),
+      dead.map((d) => d.record.key),
+      dead.map((d) => d.record.value),
       dead.map((d) => JSON.stringify(headersJson(d.record.headers))),
     ],
   );
@@ -146,10 +209,17 @@ async function insertGaps(db: PoolClient, gaps: DecodedGap[]): Promise<number> {
        $7::text[], $8::timestamptz[], $9::text[], $10::int4[], $11::int8[])
      ON CONFLICT DO NOTHING`,
     [
-      g.map((x) => x.host), g.map((x) => x.bootId), g.map((x) => x.runId), g.map((x) => x.seqFrom),
-      g.map((x) => x.seqTo), g.map((x) => x.count), g.map((x) => x.reason),
-      g.map((x) => isoFromMicros(x.detectedUs)), gaps.map((d) => d.record.topic),
-      gaps.map((d) => d.record.partition), gaps.map((d) => d.record.offset),
+      g.map((x) => x.host),
+      g.map((x) => x.bootId),
+      g.map((x) => x.runId),
+      g.map((x) => x.seqFrom),
+      g.map((x) => x.seqTo),
+      g.map((x) => x.count),
+      g.map((x) => x.reason),
+      g.map((x) => isoFromMicros(x.detectedUs)),
+      gaps.map((d) => d.record.topic),
+      gaps.map((d) => d.record.partition),
+      gaps.map((d) => d.record.offset),
     ],
   );
   await db.query(
@@ -160,8 +230,13 @@ async function insertGaps(db: PoolClient, gaps: DecodedGap[]): Promise<number> {
         AND CASE WHEN g.seq_from < 0
                  THEN c.opened_at <= g.detected_at AND (c.closed_at IS NULL OR c.closed_at >= g.detected_at)
                  ELSE c.first_seq <= g.seq_to AND (c.last_seq >= g.seq_from OR c.closed_at IS NULL) END`,
-    [g.map((x) => x.host), g.map((x) => x.runId), g.map((x) => x.seqFrom), g.map((x) => x.seqTo),
-      g.map((x) => isoFromMicros(x.detectedUs))],
+    [
+      g.map((x) => x.host),
+      g.map((x) => x.runId),
+      g.map((x) => x.seqFrom),
+      g.map((x) => x.seqTo),
+      g.map((x) => isoFromMicros(x.detectedUs)),
+    ],
   );
   return result.rowCount ?? 0;
 }
@@ -185,7 +260,8 @@ async function saveOffsets(db: PoolClient, groupId: string, records: SourceRecor
     const key = `${r.topic}/${r.partition}`;
     const offset = BigInt(r.offset) + 1n;
     const seen = next.get(key);
-    if (!seen || seen.offset < offset) next.set(key, { topic: r.topic, partition: r.partition, offset });
+    if (!seen || seen.offset < offset)
+      next.set(key, { topic: r.topic, partition: r.partition, offset });
   }
   const rows = [...next.values()];
   await db.query(
@@ -194,13 +270,21 @@ async function saveOffsets(db: PoolClient, groupId: string, records: SourceRecor
      ON CONFLICT (group_id, topic, partition)
      DO UPDATE SET next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset),
                    updated_at = now()`,
-    [groupId, rows.map((r) => r.topic), rows.map((r) => r.partition), rows.map((r) => r.offset.toString())],
+    [
+      groupId,
+      rows.map((r) => r.topic),
+      rows.map((r) => r.partition),
+      rows.map((r) => r.offset.toString()),
+    ],
   );
 }
 
 /** Host runs seen in this batch; monotonic, so written after the commit (see migration 002). */
 async function touchHostRuns(pool: Pool, changes: StateChange[]) {
-  const runs = new Map<string, { host: string; boot: string; run: string; min: number; max: number }>();
+  const runs = new Map<
+    string,
+    { host: string; boot: string; run: string; min: number; max: number }
+  >();
   for (const c of changes) {
     const run = runIdOf(c.connId);
     const key = `${c.host}\u0000${c.bootId}\u0000${run}`;
@@ -209,7 +293,9 @@ async function touchHostRuns(pool: Pool, changes: StateChange[]) {
     else [seen.min, seen.max] = [Math.min(seen.min, c.timeUs), Math.max(seen.max, c.timeUs)];
   }
   if (runs.size === 0) return;
-  const r = [...runs.values()].sort((a, b) => (a.host + a.boot + a.run < b.host + b.boot + b.run ? -1 : 1));
+  const r = [...runs.values()].sort((a, b) =>
+    a.host + a.boot + a.run < b.host + b.boot + b.run ? -1 : 1,
+  );
   await pool.query(
     `INSERT INTO host_runs (host, boot_id, run_id, first_event_at, last_event_at)
      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[])
@@ -217,8 +303,13 @@ async function touchHostRuns(pool: Pool, changes: StateChange[]) {
        first_event_at = LEAST(host_runs.first_event_at, EXCLUDED.first_event_at),
        last_event_at = GREATEST(host_runs.last_event_at, EXCLUDED.last_event_at),
        last_seen_at = now()`,
-    [r.map((x) => x.host), r.map((x) => x.boot), r.map((x) => x.run), r.map((x) => isoFromMicros(x.min)),
-      r.map((x) => isoFromMicros(x.max))],
+    [
+      r.map((x) => x.host),
+      r.map((x) => x.boot),
+      r.map((x) => x.run),
+      r.map((x) => isoFromMicros(x.min)),
+      r.map((x) => isoFromMicros(x.max)),
+    ],
   );
 }
 
@@ -271,7 +362,9 @@ export async function handleBatch(
       const key = `${d.change.connId}/${d.change.seq}`;
       if (fresh.delete(key)) freshChanges.push(d.change); // a batch may carry one record twice
     }
-    freshChanges.sort((a, b) => (a.connId === b.connId ? a.seq - b.seq : a.connId < b.connId ? -1 : 1));
+    freshChanges.sort((a, b) =>
+      a.connId === b.connId ? a.seq - b.seq : a.connId < b.connId ? -1 : 1,
+    );
     const ids = [...new Set(freshChanges.map((c) => c.connId))];
     conns = await loadConnections(db, ids);
     mark('load');

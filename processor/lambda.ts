@@ -1,6 +1,12 @@
 import type { Pool } from 'pg';
 import type { Decode } from './decode';
-import { emptyStages, handleBatch, type BatchOptions, type BatchResult, type SourceRecord } from './handler';
+import {
+  emptyStages,
+  handleBatch,
+  type BatchOptions,
+  type BatchResult,
+  type SourceRecord,
+} from './handler';
 
 /** One record of the AWS Lambda Kafka event (MSK or self-managed Kafka event source). */
 export interface LambdaKafkaRecord {
@@ -51,7 +57,13 @@ export function recordsFromLambdaEvent(event: LambdaKafkaEvent): SourceRecord[] 
     }
   }
   // handleBatch applies each connection's changes in sequence order; offsets only need grouping.
-  return out.sort((a, b) => (a.topic === b.topic ? a.partition - b.partition || Number(BigInt(a.offset) - BigInt(b.offset)) : a.topic < b.topic ? -1 : 1));
+  return out.sort((a, b) =>
+    a.topic === b.topic
+      ? a.partition - b.partition || Number(BigInt(a.offset) - BigInt(b.offset))
+      : a.topic < b.topic
+        ? -1
+        : 1,
+  );
 }
 
 /**
@@ -60,13 +72,26 @@ export function recordsFromLambdaEvent(event: LambdaKafkaEvent): SourceRecord[] 
  * database or registry failure throws, which makes Lambda retry; bad messages do not throw.
  * Build the Pool outside the handler so warm invocations reuse its connections.
  */
-export function lambdaHandler(opts: LambdaAdapterOptions): (event: LambdaKafkaEvent) => Promise<BatchResult> {
+export function lambdaHandler(
+  opts: LambdaAdapterOptions,
+): (event: LambdaKafkaEvent) => Promise<BatchResult> {
   return async (event) => {
     const records = recordsFromLambdaEvent(event);
     if (records.length === 0) {
-      return { inserted: 0, duplicates: 0, deadLetters: 0, gaps: 0, connections: 0, eventTimesUs: [], startedAtMs: Date.now(), committedAtMs: Date.now(),
-        stagesMs: emptyStages() };
+      return {
+        inserted: 0,
+        duplicates: 0,
+        deadLetters: 0,
+        gaps: 0,
+        connections: 0,
+        eventTimesUs: [],
+        startedAtMs: Date.now(),
+        committedAtMs: Date.now(),
+        stagesMs: emptyStages(),
+      };
     }
-    return handleBatch(records, opts.pool, opts.decode, opts.groupId, { deadLetterSink: opts.deadLetterSink });
+    return handleBatch(records, opts.pool, opts.decode, opts.groupId, {
+      deadLetterSink: opts.deadLetterSink,
+    });
   };
 }

@@ -86,8 +86,19 @@ export interface Connection {
 }
 
 export const KNOWN_STATES = new Set([
-  'ESTABLISHED', 'SYN-SENT', 'SYN-RECEIVED', 'FIN-WAIT-1', 'FIN-WAIT-2', 'TIME-WAIT', 'CLOSED',
-  'CLOSE-WAIT', 'LAST-ACK', 'LISTEN', 'CLOSING', 'NEW-SYN-RECEIVED', 'BOUND-INACTIVE',
+  'ESTABLISHED',
+  'SYN-SENT',
+  'SYN-RECEIVED',
+  'FIN-WAIT-1',
+  'FIN-WAIT-2',
+  'TIME-WAIT',
+  'CLOSED',
+  'CLOSE-WAIT',
+  'LAST-ACK',
+  'LISTEN',
+  'CLOSING',
+  'NEW-SYN-RECEIVED',
+  'BOUND-INACTIVE',
 ]);
 
 /**
@@ -118,8 +129,15 @@ export const TRANSITIONS: ReadonlyMap<string, ReadonlySet<string>> = new Map(
 /** States a connection's first event starts from when the capture saw its birth. */
 const BIRTH_STATES = new Set(['CLOSED', 'LISTEN', 'NEW-SYN-RECEIVED']);
 
-const POST_HANDSHAKE = new Set(['ESTABLISHED', 'FIN-WAIT-1', 'FIN-WAIT-2', 'CLOSE-WAIT', 'LAST-ACK',
-  'CLOSING', 'TIME-WAIT']);
+const POST_HANDSHAKE = new Set([
+  'ESTABLISHED',
+  'FIN-WAIT-1',
+  'FIN-WAIT-2',
+  'CLOSE-WAIT',
+  'LAST-ACK',
+  'CLOSING',
+  'TIME-WAIT',
+]);
 
 /** A move straight to CLOSED from these, after the handshake, is a reset (or an abort). */
 const RESET_FROM = new Set(['ESTABLISHED', 'CLOSE-WAIT', 'FIN-WAIT-1', 'SYN-RECEIVED']);
@@ -190,7 +208,8 @@ function noteClose(conn: Connection, from: string, to: string): void {
     if (to === 'CLOSE-WAIT') [conn.closedBy, conn.closeKind] = ['remote', 'fin'];
   }
   // Our FIN was sent and the peer's FIN crossed it before its ACK of ours: both closed at once.
-  if (from === 'FIN-WAIT-1' && to === 'CLOSING') [conn.closedBy, conn.closeKind] = ['both', 'simultaneous'];
+  if (from === 'FIN-WAIT-1' && to === 'CLOSING')
+    [conn.closedBy, conn.closeKind] = ['both', 'simultaneous'];
   const established = conn.establishedUs !== null || POST_HANDSHAKE.has(conn.states[0]);
   if (to === 'CLOSED' && RESET_FROM.has(from) && established) conn.closeKind = 'reset';
 }
@@ -205,7 +224,9 @@ function outcomeOf(conn: Connection, last: StateChange): Outcome {
   if (conn.role === 'listener') return 'completed';
   // First seen after its handshake (its start is missing): it was established all the same.
   if (conn.establishedUs === null && !POST_HANDSHAKE.has(conn.states[0])) {
-    return conn.role === 'outbound' && last.oldState === 'SYN-SENT' && last.segsIn > 0 ? 'refused' : 'aborted';
+    return conn.role === 'outbound' && last.oldState === 'SYN-SENT' && last.segsIn > 0
+      ? 'refused'
+      : 'aborted';
   }
   return conn.closeKind === 'reset' ? 'reset' : 'completed';
 }
@@ -233,14 +254,19 @@ export function applyChange(current: Connection | null, change: StateChange): Co
   conn.lastSeq = Math.max(conn.lastSeq, change.seq);
   conn.firstSeq = Math.min(conn.firstSeq, change.seq);
   conn.lastEventUs = Math.max(conn.lastEventUs, change.timeUs);
-  if (change.newState === 'ESTABLISHED' && conn.establishedUs === null) conn.establishedUs = change.timeUs;
+  if (change.newState === 'ESTABLISHED' && conn.establishedUs === null)
+    conn.establishedUs = change.timeUs;
   noteClose(conn, change.oldState, change.newState);
   if (change.newState === 'CLOSED' && conn.closedUs === null) conn.closedUs = change.timeUs;
   // connect() moves to SYN-SENT before it picks the source port: take the first real one.
   if (conn.localPort === 0 && change.localPort !== 0) {
     [conn.localAddr, conn.localPort] = [change.localAddr, change.localPort];
   }
-  if (isUnspecified(conn.localAddr) && !isUnspecified(change.localAddr) && conn.role !== 'listener') {
+  if (
+    isUnspecified(conn.localAddr) &&
+    !isUnspecified(change.localAddr) &&
+    conn.role !== 'listener'
+  ) {
     conn.localAddr = change.localAddr;
   }
   // The kernel fills in the process on later events when the first was seen in softirq.

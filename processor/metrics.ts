@@ -6,35 +6,46 @@ import type { Logger } from '../common/log';
 export class ProcessorMetrics {
   readonly registry = new client.Registry();
   readonly events = new client.Counter({
-    name: 'tcpaudit_processor_events_total', help: 'State changes written to tcp_events',
+    name: 'tcpaudit_processor_events_total',
+    help: 'State changes written to tcp_events',
     registers: [this.registry],
   });
   readonly duplicates = new client.Counter({
-    name: 'tcpaudit_processor_duplicates_total', help: 'Redelivered state changes that changed nothing',
+    name: 'tcpaudit_processor_duplicates_total',
+    help: 'Redelivered state changes that changed nothing',
     registers: [this.registry],
   });
   readonly deadLetters = new client.Counter({
-    name: 'tcpaudit_processor_dead_letters_total', help: 'Messages sent to the dead letters',
+    name: 'tcpaudit_processor_dead_letters_total',
+    help: 'Messages sent to the dead letters',
     registers: [this.registry],
   });
   readonly gaps = new client.Counter({
-    name: 'tcpaudit_processor_capture_gaps_total', help: 'Capture gap records stored',
+    name: 'tcpaudit_processor_capture_gaps_total',
+    help: 'Capture gap records stored',
     registers: [this.registry],
   });
   readonly batchSeconds = new client.Histogram({
-    name: 'tcpaudit_processor_batch_seconds', help: 'Time to decode and commit one batch',
-    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers: [this.registry],
+    name: 'tcpaudit_processor_batch_seconds',
+    help: 'Time to decode and commit one batch',
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [this.registry],
   });
   readonly lag = new client.Gauge({
-    name: 'tcpaudit_processor_consumer_lag', help: 'Messages behind the high watermark, per partition',
-    labelNames: ['topic', 'partition'], registers: [this.registry],
+    name: 'tcpaudit_processor_consumer_lag',
+    help: 'Messages behind the high watermark, per partition',
+    labelNames: ['topic', 'partition'],
+    registers: [this.registry],
   });
   readonly endToEnd = new client.Histogram({
-    name: 'tcpaudit_processor_end_to_end_seconds', help: 'Kernel event time to committed row',
-    buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300], registers: [this.registry],
+    name: 'tcpaudit_processor_end_to_end_seconds',
+    help: 'Kernel event time to committed row',
+    buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300],
+    registers: [this.registry],
   });
   readonly expired = new client.Counter({
-    name: 'tcpaudit_processor_expired_total', help: 'Open connections marked expired',
+    name: 'tcpaudit_processor_expired_total',
+    help: 'Open connections marked expired',
     registers: [this.registry],
   });
 }
@@ -47,8 +58,13 @@ export interface HealthSource {
 }
 
 /** /metrics and /healthz on host:port (127.0.0.1 by default: no exposure beyond the host). */
-export function serveMetrics(metrics: ProcessorMetrics, health: HealthSource, port: number,
-  host: string, log: Logger): Promise<http.Server> {
+export function serveMetrics(
+  metrics: ProcessorMetrics,
+  health: HealthSource,
+  port: number,
+  host: string,
+  log: Logger,
+): Promise<http.Server> {
   const server = http.createServer((req, res) => {
     const url = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET') {
@@ -60,11 +76,15 @@ export function serveMetrics(metrics: ProcessorMetrics, health: HealthSource, po
       );
     } else if (url === '/healthz') {
       const consuming = health.consuming();
-      health.databaseAnswers().catch(() => false).then((db) => {
-        const ok = consuming && db;
-        res.writeHead(ok ? 200 : 503, { 'Content-Type': 'application/json' })
-          .end(JSON.stringify({ ok, consuming, database: db }));
-      });
+      health
+        .databaseAnswers()
+        .catch(() => false)
+        .then((db) => {
+          const ok = consuming && db;
+          res
+            .writeHead(ok ? 200 : 503, { 'Content-Type': 'application/json' })
+            .end(JSON.stringify({ ok, consuming, database: db }));
+        });
     } else {
       res.writeHead(404).end();
     }

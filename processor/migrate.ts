@@ -13,7 +13,9 @@ export interface Migration {
   sql: string;
 }
 
-export function loadMigrations(dir = path.join(repoRoot(), 'processor', 'migrations')): Migration[] {
+export function loadMigrations(
+  dir = path.join(repoRoot(), 'processor', 'migrations'),
+): Migration[] {
   return fs
     .readdirSync(dir)
     .filter((file) => /^\d+_[a-z0-9_]+\.sql$/.test(file))

@@ -40,7 +40,13 @@ async function partitionsOf(pool: Pool, table: string): Promise<string[]> {
  * the DEFAULT partition already holds for a new day are moved into it in the same transaction,
  * so creation never fails on them. Identifiers come from fixed table names and dates only.
  */
-export async function ensurePartitions(pool: Pool, log: Logger, daysAhead = 3, daysBack = 1, nowMs = Date.now()) {
+export async function ensurePartitions(
+  pool: Pool,
+  log: Logger,
+  daysAhead = 3,
+  daysBack = 1,
+  nowMs = Date.now(),
+) {
   const db = await pool.connect();
   try {
     await db.query('SELECT pg_advisory_lock($1)', [MAINTENANCE_LOCK]);
@@ -53,13 +59,17 @@ export async function ensurePartitions(pool: Pool, log: Logger, daysAhead = 3, d
         const [a, b] = [new Date(from).toISOString(), new Date(from + DAY_MS).toISOString()];
         await db.query('BEGIN');
         try {
-          await db.query(`CREATE TABLE ${name} (LIKE ${table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)`);
+          await db.query(
+            `CREATE TABLE ${name} (LIKE ${table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)`,
+          );
           await db.query(
             `WITH moved AS (DELETE FROM ${table}_default WHERE ${key} >= $1 AND ${key} < $2 RETURNING *)
              INSERT INTO ${name} SELECT * FROM moved`,
             [a, b],
           );
-          await db.query(`ALTER TABLE ${table} ATTACH PARTITION ${name} FOR VALUES FROM ('${a}') TO ('${b}')`);
+          await db.query(
+            `ALTER TABLE ${table} ATTACH PARTITION ${name} FOR VALUES FROM ('${a}') TO ('${b}')`,
+          );
           await db.query('COMMIT');
           log.info('partition created', { partition: name });
         } catch (err) {
@@ -80,7 +90,12 @@ export async function ensurePartitions(pool: Pool, log: Logger, daysAhead = 3, d
  * the DEFAULT partition (their day is no longer covered), so a long-lived connection outlives
  * the retention of the day it opened. 0 keeps everything.
  */
-export async function dropExpiredPartitions(pool: Pool, log: Logger, retentionDays: number, nowMs = Date.now()) {
+export async function dropExpiredPartitions(
+  pool: Pool,
+  log: Logger,
+  retentionDays: number,
+  nowMs = Date.now(),
+) {
   if (!(retentionDays > 0)) return [];
   const cutoff = dayStart(nowMs) - retentionDays * DAY_MS;
   const dropped: string[] = [];
@@ -107,7 +122,9 @@ export async function dropExpiredPartitions(pool: Pool, log: Logger, retentionDa
         log.info('partition dropped', { partition: name, retentionDays });
       }
       const extra = table === 'connections' ? " AND outcome <> 'open'" : '';
-      await db.query(`DELETE FROM ${table}_default WHERE ${key} < $1${extra}`, [new Date(cutoff).toISOString()]);
+      await db.query(`DELETE FROM ${table}_default WHERE ${key} < $1${extra}`, [
+        new Date(cutoff).toISOString(),
+      ]);
     }
   } finally {
     await db.query('SELECT pg_advisory_unlock($1)', [MAINTENANCE_LOCK]).catch(() => undefined);
@@ -123,7 +140,9 @@ export async function dropExpiredPartitions(pool: Pool, log: Logger, retentionDa
 export async function grantReader(pool: Pool, log: Logger) {
   const { rows } = await pool.query("SELECT 1 FROM pg_roles WHERE rolname = 'tcpaudit_reader'");
   if (rows.length === 0) {
-    log.warn('role tcpaudit_reader missing: an administrator must run CREATE ROLE tcpaudit_reader NOLOGIN');
+    log.warn(
+      'role tcpaudit_reader missing: an administrator must run CREATE ROLE tcpaudit_reader NOLOGIN',
+    );
     return false;
   }
   await pool.query('GRANT USAGE ON SCHEMA public TO tcpaudit_reader');

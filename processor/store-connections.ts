@@ -6,7 +6,8 @@ import { connectMs, durationMs, type Connection } from './lifecycle';
  * A microsecond count sent as int8 and made a timestamptz by the server: exact, and cheaper on
  * both sides than ISO text (no Date and string per value here, no text parsing there).
  */
-export const timeFromMicros = (expr: string) => `(timestamptz 'epoch' + ${expr} * interval '1 microsecond')`;
+export const timeFromMicros = (expr: string) =>
+  `(timestamptz 'epoch' + ${expr} * interval '1 microsecond')`;
 
 const US = (column: string) => `(extract(epoch FROM ${column}) * 1000000)::int8`;
 
@@ -76,42 +77,114 @@ export async function loadConnections(db: PoolClient, ids: string[]) {
 }
 
 const COLUMNS: [string, string][] = [
-  ['conn_id', 'text'], ['host', 'text'], ['boot_id', 'text'], ['run_id', 'text'], ['role', 'text'],
-  ['outcome', 'text'], ['family', 'int2'], ['local_addr', 'inet'], ['local_port', 'int4'],
-  ['remote_addr', 'inet'], ['remote_port', 'int4'], ['pid', 'int4'], ['tid', 'int4'],
-  ['comm', 'text'], ['uid', 'int8'], ['netns', 'int8'], ['cgroup_id', 'int8'],
-  ['sock_inode', 'int8'], ['sock_uid', 'int8'], ['sock_gid', 'int8'], ['opened_at', 'micros'],
-  ['established_at', 'micros'], ['closed_at', 'micros'], ['last_event_at', 'micros'],
-  ['connect_ms', 'float8'], ['duration_ms', 'float8'], ['closed_by', 'text'], ['close_kind', 'text'],
+  ['conn_id', 'text'],
+  ['host', 'text'],
+  ['boot_id', 'text'],
+  ['run_id', 'text'],
+  ['role', 'text'],
+  ['outcome', 'text'],
+  ['family', 'int2'],
+  ['local_addr', 'inet'],
+  ['local_port', 'int4'],
+  ['remote_addr', 'inet'],
+  ['remote_port', 'int4'],
+  ['pid', 'int4'],
+  ['tid', 'int4'],
+  ['comm', 'text'],
+  ['uid', 'int8'],
+  ['netns', 'int8'],
+  ['cgroup_id', 'int8'],
+  ['sock_inode', 'int8'],
+  ['sock_uid', 'int8'],
+  ['sock_gid', 'int8'],
+  ['opened_at', 'micros'],
+  ['established_at', 'micros'],
+  ['closed_at', 'micros'],
+  ['last_event_at', 'micros'],
+  ['connect_ms', 'float8'],
+  ['duration_ms', 'float8'],
+  ['closed_by', 'text'],
+  ['close_kind', 'text'],
   // text[][] cannot be ragged: each path travels as one text holding a Postgres array literal.
-  ['states', 'text'], ['last_state', 'text'], ['first_seq', 'int8'], ['last_seq', 'int8'],
-  ['event_count', 'int4'], ['has_gap', 'bool'], ['bytes_sent', 'int8'], ['bytes_received', 'int8'],
-  ['segs_out', 'int8'], ['segs_in', 'int8'], ['retransmits', 'int8'], ['srtt_us', 'int8'],
+  ['states', 'text'],
+  ['last_state', 'text'],
+  ['first_seq', 'int8'],
+  ['last_seq', 'int8'],
+  ['event_count', 'int4'],
+  ['has_gap', 'bool'],
+  ['bytes_sent', 'int8'],
+  ['bytes_received', 'int8'],
+  ['segs_out', 'int8'],
+  ['segs_in', 'int8'],
+  ['retransmits', 'int8'],
+  ['srtt_us', 'int8'],
 ];
 
 const time = (us: number | null) => (us === null ? null : isoFromMicros(us));
-const arrayLiteral = (items: string[]) => `{${items.map((s) => `"${s.replace(/["\\]/g, '\\$&')}"`).join(',')}}`;
+const arrayLiteral = (items: string[]) =>
+  `{${items.map((s) => `"${s.replace(/["\\]/g, '\\$&')}"`).join(',')}}`;
 
 function values(c: Connection): unknown[] {
   return [
-    c.connId, c.host, c.bootId, c.runId, c.role, c.outcome, c.family, c.localAddr, c.localPort,
-    c.remoteAddr, c.remotePort, c.pid, c.tid, c.comm, c.uid, c.netns, c.cgroupId, c.sockInode,
-    c.sockUid, c.sockGid, c.openedUs, c.establishedUs, c.closedUs, c.lastEventUs, connectMs(c), durationMs(c), c.closedBy, c.closeKind,
-    arrayLiteral(c.states), c.states[c.states.length - 1], c.firstSeq, c.lastSeq, c.eventCount,
-    c.hasGap, c.bytesSent, c.bytesReceived, c.segsOut, c.segsIn, c.retransmits, c.srttUs,
+    c.connId,
+    c.host,
+    c.bootId,
+    c.runId,
+    c.role,
+    c.outcome,
+    c.family,
+    c.localAddr,
+    c.localPort,
+    c.remoteAddr,
+    c.remotePort,
+    c.pid,
+    c.tid,
+    c.comm,
+    c.uid,
+    c.netns,
+    c.cgroupId,
+    c.sockInode,
+    c.sockUid,
+    c.sockGid,
+    c.openedUs,
+    c.establishedUs,
+    c.closedUs,
+    c.lastEventUs,
+    connectMs(c),
+    durationMs(c),
+    c.closedBy,
+    c.closeKind,
+    arrayLiteral(c.states),
+    c.states[c.states.length - 1],
+    c.firstSeq,
+    c.lastSeq,
+    c.eventCount,
+    c.hasGap,
+    c.bytesSent,
+    c.bytesReceived,
+    c.segsOut,
+    c.segsIn,
+    c.retransmits,
+    c.srttUs,
   ];
 }
 
 const NAMES = COLUMNS.map(([name]) => name);
 const selected = ([name, type]: [string, string]) =>
-  (name === 'states' ? 'u.states::text[]' : type === 'micros' ? timeFromMicros(`u.${name}`) : `u.${name}`);
+  name === 'states'
+    ? 'u.states::text[]'
+    : type === 'micros'
+      ? timeFromMicros(`u.${name}`)
+      : `u.${name}`;
 /** Every column travels as one array parameter: one statement whatever the batch size. */
 const UPSERT = `INSERT INTO connections (${NAMES.join(', ')}, expired_at, expire_reason, updated_at)
   SELECT ${COLUMNS.map(selected).join(', ')}, NULL, NULL, now()
     FROM unnest(${COLUMNS.map(([, type], i) => `$${i + 1}::${type === 'micros' ? 'int8' : type}[]`).join(', ')})
       AS u(${NAMES.join(', ')})
   ON CONFLICT (conn_id, opened_at) DO UPDATE SET
-  ${NAMES.slice(1).map((c) => `${c} = EXCLUDED.${c}`).join(', ')},
+  ${NAMES.slice(1)
+    .map((c) => `${c} = EXCLUDED.${c}`)
+    .join(', ')},
   expired_at = NULL, expire_reason = NULL, updated_at = now()`;
 
 /**
@@ -119,7 +192,11 @@ const UPSERT = `INSERT INTO connections (${NAMES.join(', ')}, expired_at, expire
  * whose opened_at moved (an earlier event arrived late) has its old row deleted first, since
  * opened_at is part of the key.
  */
-export async function saveConnections(db: PoolClient, conns: Connection[], loaded: Map<string, number>) {
+export async function saveConnections(
+  db: PoolClient,
+  conns: Connection[],
+  loaded: Map<string, number>,
+) {
   if (conns.length === 0) return;
   const moved = conns.filter((c) => loaded.has(c.connId) && loaded.get(c.connId) !== c.openedUs);
   if (moved.length > 0) {

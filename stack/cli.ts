@@ -1,6 +1,11 @@
 import { createLogger } from '../common/log';
 import {
-  stackDown, stackEnv, stackStatus, stackUp, type ServiceName, type ServiceStatus,
+  stackDown,
+  stackEnv,
+  stackStatus,
+  stackUp,
+  type ServiceName,
+  type ServiceStatus,
 } from './stack';
 
 /**
@@ -49,8 +54,16 @@ function parse(args: string[]): Parsed {
 function table(rows: ServiceStatus[]): string {
   const widths = [10, 9, 9, 7, 9];
   const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join('');
-  const body = rows.map((r) => line([r.name, r.running ? 'yes' : 'no', String(r.pid ?? '-'),
-    String(r.port), r.healthy ? 'yes' : 'no', r.logFile]));
+  const body = rows.map((r) =>
+    line([
+      r.name,
+      r.running ? 'yes' : 'no',
+      String(r.pid ?? '-'),
+      String(r.port),
+      r.healthy ? 'yes' : 'no',
+      r.logFile,
+    ]),
+  );
   return [line(['SERVICE', 'RUNNING', 'PID', 'PORT', 'HEALTHY', 'LOG']), ...body].join('\n') + '\n';
 }
 

@@ -59,8 +59,14 @@ function classpath(): string {
 }
 
 function jvmArgs(): string[] {
-  return ['-Xms256m', '-Xmx512m', '-Djava.awt.headless=true',
-    `-Dlog4j.configuration=file:${log4jFile}`, '-cp', classpath()];
+  return [
+    '-Xms256m',
+    '-Xmx512m',
+    '-Djava.awt.headless=true',
+    `-Dlog4j.configuration=file:${log4jFile}`,
+    '-cp',
+    classpath(),
+  ];
 }
 
 /** KRaft needs its storage stamped with a cluster id once, before the first start. */
@@ -68,8 +74,11 @@ function formatStorage(log: Logger): void {
   // Same shape as `kafka-storage.sh random-uuid`: 16 random bytes, base64url, unpadded.
   const clusterId = crypto.randomBytes(16).toString('base64url');
   log.info('kafka format storage', { logDir, clusterId });
-  const res = spawnSync(javaBin(), [...jvmArgs(), 'kafka.tools.StorageTool', 'format',
-    '-t', clusterId, '-c', configFile], { encoding: 'utf8', timeout: 120_000 });
+  const res = spawnSync(
+    javaBin(),
+    [...jvmArgs(), 'kafka.tools.StorageTool', 'format', '-t', clusterId, '-c', configFile],
+    { encoding: 'utf8', timeout: 120_000 },
+  );
   if (res.status !== 0) {
     const out = `${res.error?.message ?? ''}${res.stdout ?? ''}${res.stderr ?? ''}`.trim();
     throw new Error(`kafka storage format failed:\n${out.split('\n').slice(-10).join('\n')}`);

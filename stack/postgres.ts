@@ -3,7 +3,13 @@ import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import type { Logger } from '../common/log';
 import {
-  HOST, PORTS, PG_DATABASE, PG_PASSWORD, PG_READER_PASSWORD, PG_READER_USER, PG_USER,
+  HOST,
+  PORTS,
+  PG_DATABASE,
+  PG_PASSWORD,
+  PG_READER_PASSWORD,
+  PG_READER_USER,
+  PG_USER,
 } from './endpoints';
 import { postgresHealthy } from './health';
 import { servicePaths } from './paths';
@@ -64,9 +70,11 @@ function checkTraversable(dir: string): void {
   if (process.getuid?.() !== 0) return;
   for (let d = path.dirname(dir); d !== path.dirname(d); d = path.dirname(d)) {
     if ((fs.statSync(d).mode & 0o001) === 0) {
-      throw new Error(`the postgres OS user cannot enter ${d} (mode ` +
-        `${(fs.statSync(d).mode & 0o777).toString(8)}): chmod o+x it, or set TCPAUDIT_STACK_DIR ` +
-        'to a folder it can reach');
+      throw new Error(
+        `the postgres OS user cannot enter ${d} (mode ` +
+          `${(fs.statSync(d).mode & 0o777).toString(8)}): chmod o+x it, or set TCPAUDIT_STACK_DIR ` +
+          'to a folder it can reach',
+      );
     }
   }
 }
@@ -85,8 +93,17 @@ async function initCluster(log: Logger): Promise<void> {
   }
   log.info('postgres initdb', { dataDir: dir });
   // trust is only for initdb's own bootstrap; pg_hba.conf is replaced right after.
-  run(path.join(PG_BIN, 'initdb'), ['-D', dir, '-U', 'postgres', '-E', 'UTF8', '--no-locale',
-    '-A', 'trust']);
+  run(path.join(PG_BIN, 'initdb'), [
+    '-D',
+    dir,
+    '-U',
+    'postgres',
+    '-E',
+    'UTF8',
+    '--no-locale',
+    '-A',
+    'trust',
+  ]);
   fs.writeFileSync(path.join(dir, 'pg_hba.conf'), HBA);
   fs.appendFileSync(path.join(dir, 'postgresql.conf'), CONF);
   applyBootstrap(log, []);
@@ -121,8 +138,11 @@ function applyBootstrap(log: Logger, done: string[]): void {
   const marker = path.join(paths.dataDir, BOOTSTRAPPED);
   for (const step of BOOTSTRAP_STEPS) {
     if (done.includes(step.name)) continue;
-    run(path.join(PG_BIN, 'postgres'), ['--single', '-D', paths.dataDir, '-c', 'exit_on_error=on',
-      'postgres'], `${step.sql.join('\n')}\n`);
+    run(
+      path.join(PG_BIN, 'postgres'),
+      ['--single', '-D', paths.dataDir, '-c', 'exit_on_error=on', 'postgres'],
+      `${step.sql.join('\n')}\n`,
+    );
     done.push(step.name);
     fs.writeFileSync(marker, `${done.join('\n')}\n`);
     log.info('postgres bootstrap step applied', { step: step.name });

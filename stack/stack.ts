@@ -4,7 +4,14 @@ import { HOST, stackEnv, type StackEnv } from './endpoints';
 import { kafka } from './kafka';
 import { postgres } from './postgres';
 import {
-  logTail, ownedPid, portInUse, removePid, sleep, spawnDetached, stopPid, writePid,
+  logTail,
+  ownedPid,
+  portInUse,
+  removePid,
+  sleep,
+  spawnDetached,
+  stopPid,
+  writePid,
 } from './process';
 import { withLock } from './lock';
 import { stackHome } from './paths';
@@ -52,12 +59,16 @@ async function awaitHealthy(svc: Service, pid: number, died: () => string | null
     if (await svc.probe()) return;
     const death = died();
     if (death !== null) {
-      throw new Error(`${svc.name} (pid ${pid}) ${death} during start-up; see ` +
-        `${svc.paths.logFile}:\n${logTail(svc.paths.logFile)}`);
+      throw new Error(
+        `${svc.name} (pid ${pid}) ${death} during start-up; see ` +
+          `${svc.paths.logFile}:\n${logTail(svc.paths.logFile)}`,
+      );
     }
     if (Date.now() > deadline) {
-      throw new Error(`${svc.name} (pid ${pid}) not healthy after ${svc.startTimeoutMs / 1000} s;` +
-        ` it is left running for inspection; see ${svc.paths.logFile}`);
+      throw new Error(
+        `${svc.name} (pid ${pid}) not healthy after ${svc.startTimeoutMs / 1000} s;` +
+          ` it is left running for inspection; see ${svc.paths.logFile}`,
+      );
     }
     await sleep(500);
   }
@@ -76,8 +87,10 @@ async function startOne(svc: Service, log: Logger): Promise<void> {
   removePid(svc.paths.pidFile);
   for (const port of svc.ports) {
     if (await portInUse(HOST, port)) {
-      throw new Error(`${svc.name}: port ${port} on ${HOST} is taken by a process this stack ` +
-        `did not start (no live pid in ${svc.paths.pidFile}); stop it or free the port`);
+      throw new Error(
+        `${svc.name}: port ${port} on ${HOST} is taken by a process this stack ` +
+          `did not start (no live pid in ${svc.paths.pidFile}); stop it or free the port`,
+      );
     }
   }
   await svc.prepare(log);
@@ -90,8 +103,12 @@ async function startOne(svc: Service, log: Logger): Promise<void> {
     if (child.pid === undefined) throw new Error(`${svc.name}: ${death ?? 'spawn failed'}`);
     writePid(svc.paths.pidFile, child.pid);
     await awaitHealthy(svc, child.pid, () => death);
-    log.info(`${svc.name} started`, { pid: child.pid, port: svc.port, ms: Date.now() - t0,
-      log: svc.paths.logFile });
+    log.info(`${svc.name} started`, {
+      pid: child.pid,
+      port: svc.port,
+      ms: Date.now() - t0,
+      log: svc.paths.logFile,
+    });
   } finally {
     child.removeAllListeners();
   }
@@ -104,8 +121,9 @@ async function startOne(svc: Service, log: Logger): Promise<void> {
 export async function stackUp(opts: StackOptions = {}): Promise<StackEnv> {
   const log = opts.log ?? createLogger('stack');
   const services = pick(opts);
-  const results = await withLock(lockFile(), LOCK_WAIT_MS,
-    () => Promise.allSettled(services.map((s) => startOne(s, log))));
+  const results = await withLock(lockFile(), LOCK_WAIT_MS, () =>
+    Promise.allSettled(services.map((s) => startOne(s, log))),
+  );
   const failures = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as Error] : []));
   for (const err of failures) log.error('service failed to start', { error: err.message });
   if (failures.length > 0) {
@@ -118,30 +136,36 @@ export async function stackUp(opts: StackOptions = {}): Promise<StackEnv> {
 export async function stackDown(opts: StackOptions = {}): Promise<void> {
   const log = opts.log ?? createLogger('stack');
   const services = pick(opts);
-  await withLock(lockFile(), LOCK_WAIT_MS, () => Promise.all(services.map(async (svc) => {
-    const pid = ownedPid(svc.paths.pidFile, svc.marker);
-    if (pid === null) {
-      removePid(svc.paths.pidFile);
-      log.info(`${svc.name} not running`);
-      return;
-    }
-    const how = await stopPid(pid, svc.stopSignal, 30_000);
-    removePid(svc.paths.pidFile);
-    log.info(`${svc.name} ${how}`, { pid });
-  })));
+  await withLock(lockFile(), LOCK_WAIT_MS, () =>
+    Promise.all(
+      services.map(async (svc) => {
+        const pid = ownedPid(svc.paths.pidFile, svc.marker);
+        if (pid === null) {
+          removePid(svc.paths.pidFile);
+          log.info(`${svc.name} not running`);
+          return;
+        }
+        const how = await stopPid(pid, svc.stopSignal, 30_000);
+        removePid(svc.paths.pidFile);
+        log.info(`${svc.name} ${how}`, { pid });
+      }),
+    ),
+  );
 }
 
 export async function stackStatus(opts: StackOptions = {}): Promise<ServiceStatus[]> {
-  return Promise.all(pick(opts).map(async (svc) => {
-    const pid = ownedPid(svc.paths.pidFile, svc.marker);
-    return {
-      name: svc.name,
-      running: pid !== null,
-      pid,
-      port: svc.port,
-      // Probe only our own process: a stranger on the port must not look like our stack.
-      healthy: pid !== null && (await svc.probe()),
-      logFile: svc.paths.logFile,
-    };
-  }));
+  return Promise.all(
+    pick(opts).map(async (svc) => {
+      const pid = ownedPid(svc.paths.pidFile, svc.marker);
+      return {
+        name: svc.name,
+        running: pid !== null,
+        pid,
+        port: svc.port,
+        // Probe only our own process: a stranger on the port must not look like our stack.
+        healthy: pid !== null && (await svc.probe()),
+        logFile: svc.paths.logFile,
+      };
+    }),
+  );
 }

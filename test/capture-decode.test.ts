@@ -61,25 +61,54 @@ function record(buf: Buffer, index: number, f: Fields): void {
 
 const pad = (bytes: number[]) => [...bytes, ...new Array(16 - bytes.length).fill(0)];
 const v6 = (...groups: number[]) => groups.flatMap((g) => [g >> 8, g & 0xff]);
-const mapped = (a: number, b: number, c: number, d: number) =>
-  [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d];
+const mapped = (a: number, b: number, c: number, d: number) => [
+  0,
+  0,
+  0,
+  0,
+  0,
+  0,
+  0,
+  0,
+  0,
+  0,
+  0xff,
+  0xff,
+  a,
+  b,
+  c,
+  d,
+];
 
 describe('capture decode', () => {
   it('decodes IPv4, IPv6 and v4-mapped records from one batch', () => {
     const buf = Buffer.alloc(3 * RECORD_SIZE);
     record(buf, 0, {
-      family: AF_INET, saddr: pad([10, 0, 0, 1]), daddr: pad([192, 168, 1, 20]),
-      sport: 40000, dport: 443, oldState: 7, newState: 2,
+      family: AF_INET,
+      saddr: pad([10, 0, 0, 1]),
+      daddr: pad([192, 168, 1, 20]),
+      sport: 40000,
+      dport: 443,
+      oldState: 7,
+      newState: 2,
     });
     record(buf, 1, {
       family: AF_INET6,
       saddr: v6(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1),
       daddr: v6(0, 0, 0, 0, 0, 0, 0, 1),
-      sport: 8080, dport: 51000, oldState: 1, newState: 8,
+      sport: 8080,
+      dport: 51000,
+      oldState: 1,
+      newState: 8,
     });
     record(buf, 2, {
-      family: AF_INET6, saddr: mapped(127, 0, 0, 1), daddr: mapped(1, 2, 3, 4),
-      sport: 22, dport: 60000, oldState: 9, newState: 7,
+      family: AF_INET6,
+      saddr: mapped(127, 0, 0, 1),
+      daddr: mapped(1, 2, 3, 4),
+      sport: 22,
+      dport: 60000,
+      oldState: 9,
+      newState: 7,
     });
 
     const [a, b, c] = decodeBatch(buf, 3, ctx);
@@ -130,8 +159,13 @@ describe('capture decode', () => {
   it('refuses records of another layout version', () => {
     const buf = Buffer.alloc(RECORD_SIZE);
     record(buf, 0, {
-      family: AF_INET, saddr: pad([1, 1, 1, 1]), daddr: pad([2, 2, 2, 2]),
-      sport: 1, dport: 2, oldState: 7, newState: 2,
+      family: AF_INET,
+      saddr: pad([1, 1, 1, 1]),
+      daddr: pad([2, 2, 2, 2]),
+      sport: 1,
+      dport: 2,
+      oldState: 7,
+      newState: 2,
     });
     buf.writeUInt16LE(LAYOUT_VERSION + 1, OFF.version);
     assert.throws(() => decodeBatch(buf, 1, ctx), RecordLayoutError);

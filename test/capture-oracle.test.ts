@@ -15,13 +15,16 @@ const TRACEFS = '/sys/kernel/tracing';
 
 function why(): string | false {
   if (process.getuid?.() !== 0) return 'bpftrace and loading BPF need root';
-  if (spawnSync('bpftrace', ['--version']).status !== 0) return 'bpftrace missing: scripts/setup-capture.sh installs it';
+  if (spawnSync('bpftrace', ['--version']).status !== 0)
+    return 'bpftrace missing: scripts/setup-capture.sh installs it';
   return false;
 }
 const skip = why();
 
 const tracefsMounted = () =>
-  readFileSync('/proc/mounts', 'utf8').split('\n').some((l) => l.split(' ')[2] === 'tracefs');
+  readFileSync('/proc/mounts', 'utf8')
+    .split('\n')
+    .some((l) => l.split(' ')[2] === 'tracefs');
 
 function listen(host: string, serverCloses: boolean): Promise<Server> {
   const server = createServer((sock) => {
@@ -56,7 +59,12 @@ function client(host: string, port: number, closesFirst: boolean): Promise<strin
   });
 }
 
-function waitForText(child: ChildProcess, stream: 'stdout' | 'stderr', pattern: RegExp, ms: number) {
+function waitForText(
+  child: ChildProcess,
+  stream: 'stdout' | 'stderr',
+  pattern: RegExp,
+  ms: number,
+) {
   return new Promise<void>((ok, fail) => {
     let text = '';
     const timer = setTimeout(() => fail(new Error(`no ${pattern} in ${ms} ms: ${text}`)), ms);
@@ -105,7 +113,11 @@ describe('bpftrace oracle', { skip }, () => {
       `tracepoint:sock:inet_sock_set_state /args->protocol == 6 && (${match})/ ` +
         '{ printf("%d %d %d %d %d\\n", args->family, args->sport, args->dport, args->oldstate, args->newstate); }',
     ]);
-    const capture = spawn(process.execPath, [CLI, 'capture', ...ports.flatMap((p) => ['--port', String(p)])]);
+    const capture = spawn(process.execPath, [
+      CLI,
+      'capture',
+      ...ports.flatMap((p) => ['--port', String(p)]),
+    ]);
     const oracleOut = collect(bpftrace);
     const captureOut = collect(capture);
     await Promise.all([
@@ -159,7 +171,10 @@ describe('bpftrace oracle', { skip }, () => {
     }
     assert.deepEqual(missing, [], 'transitions bpftrace saw and capture did not');
     assert.equal(captured.length, oracle.length, 'nor did capture see more');
-    assert.ok(oracle.some((k) => k.endsWith('SYN-SENT>CLOSED')), 'refused connections included');
+    assert.ok(
+      oracle.some((k) => k.endsWith('SYN-SENT>CLOSED')),
+      'refused connections included',
+    );
     assert.ok(oracle.some((k) => k.startsWith('6 ') && k.endsWith('CLOSE-WAIT>LAST-ACK')));
     t.diagnostic(`${oracle.length} transitions seen by both`);
   });

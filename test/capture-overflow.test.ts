@@ -79,7 +79,9 @@ describe('ring overflow', { skip }, () => {
     const reported = losses.reduce((n, l) => n + l.missing, 0);
     assert.equal(reported, stats.kernelLost);
     assert.equal(stats.lossReported, stats.kernelLost);
-    t.diagnostic(`seen ${seen.length}, kernelLost ${stats.kernelLost}, ${losses.length} loss reports`);
+    t.diagnostic(
+      `seen ${seen.length}, kernelLost ${stats.kernelLost}, ${losses.length} loss reports`,
+    );
     const have = new Set(seqs);
     for (const l of losses) {
       assert.equal(l.missing, l.seqTo - l.seqFrom + 1);

@@ -31,10 +31,18 @@ function listen(): Promise<Server> {
 }
 
 /** Resolves with everything written so far once `pattern` appears in the stream. */
-function waitForOutput(child: ChildProcess, stream: 'stdout' | 'stderr', pattern: RegExp, ms: number) {
+function waitForOutput(
+  child: ChildProcess,
+  stream: 'stdout' | 'stderr',
+  pattern: RegExp,
+  ms: number,
+) {
   return new Promise<string>((ok, fail) => {
     let text = '';
-    const timer = setTimeout(() => fail(new Error(`no ${pattern} on ${stream} in ${ms} ms: ${text}`)), ms);
+    const timer = setTimeout(
+      () => fail(new Error(`no ${pattern} on ${stream} in ${ms} ms: ${text}`)),
+      ms,
+    );
     child[stream]!.on('data', (d: Buffer) => {
       text += d.toString();
       if (pattern.test(text)) {
@@ -54,29 +62,46 @@ describe('least privilege', { skip }, () => {
   it('captures as nobody with only CAP_BPF and CAP_PERFMON', async () => {
     const server = await listen();
     const port = (server.address() as AddressInfo).port;
-    const capture = spawn('setpriv', [...WITH_CAPS, process.execPath, CLI, 'capture', '--port', String(port)]);
+    const capture = spawn('setpriv', [
+      ...WITH_CAPS,
+      process.execPath,
+      CLI,
+      'capture',
+      '--port',
+      String(port),
+    ]);
     started.push(capture);
-    const stdout = waitForOutput(capture, 'stdout', /"newState":"CLOSED"[^\n]*\n(.|\n)*"newState":"CLOSED"/, 10_000);
+    const stdout = waitForOutput(
+      capture,
+      'stdout',
+      /"newState":"CLOSED"[^\n]*\n(.|\n)*"newState":"CLOSED"/,
+      10_000,
+    );
     await waitForOutput(capture, 'stderr', /"attached"/, 10_000);
 
     // the client runs as nobody too: its socket's owner must say so
     const client = spawnSync('setpriv', [
-      ...NOBODY, '/usr/bin/python3', '-c',
+      ...NOBODY,
+      '/usr/bin/python3',
+      '-c',
       `import socket; s = socket.create_connection(('127.0.0.1', ${port})); s.sendall(b'x' * 1000); s.close()`,
     ]);
     assert.equal(client.status, 0, client.stderr.toString());
 
-    const lines = (await stdout).trim().split('\n').map((l) => JSON.parse(l));
+    const lines = (await stdout)
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
     capture.kill('SIGINT');
     await new Promise((r) => capture.once('exit', r));
     server.close();
     assert.equal(capture.exitCode, 0);
 
     const opener = lines.filter((e) => e.comm === 'python3');
-    assert.deepEqual(
-      opener.map((e) => `${e.oldState}>${e.newState}`).slice(0, 2),
-      ['CLOSED>SYN-SENT', 'SYN-SENT>ESTABLISHED'],
-    );
+    assert.deepEqual(opener.map((e) => `${e.oldState}>${e.newState}`).slice(0, 2), [
+      'CLOSED>SYN-SENT',
+      'SYN-SENT>ESTABLISHED',
+    ]);
     for (const e of opener) {
       assert.equal(e.uid, 65534);
       assert.equal(e.sockUid, 65534);
@@ -87,7 +112,9 @@ describe('least privilege', { skip }, () => {
   });
 
   it('fails clearly without the capabilities', () => {
-    const run = spawnSync('setpriv', [...NOBODY, process.execPath, CLI, 'capture'], { timeout: 10_000 });
+    const run = spawnSync('setpriv', [...NOBODY, process.execPath, CLI, 'capture'], {
+      timeout: 10_000,
+    });
     const stderr = run.stderr.toString();
     assert.notEqual(run.status, 0);
     assert.match(stderr, /CAP_BPF/);

@@ -72,12 +72,18 @@ describe('capture identity with real sockets', { skip }, () => {
         : undefined;
     let addrs = '';
     bpftrace?.stdout.on('data', (d: Buffer) => (addrs += d.toString()));
-    if (bpftrace) await waitFor(() => addrs.includes('Attaching'), 'bpftrace', 30_000).then(() => new Promise((r) => setTimeout(r, 1000)));
+    if (bpftrace)
+      await waitFor(() => addrs.includes('Attaching'), 'bpftrace', 30_000).then(
+        () => new Promise((r) => setTimeout(r, 1000)),
+      );
 
     const { seen, capture } = await captured({ filterPorts: [port] }, async (seen) => {
       for (let i = 0; i < CONNECTIONS; i++) await oneConnection('127.0.0.1', port);
       await closeServer(server);
-      await waitFor(() => seen.filter((e) => e.newState === 'CLOSED').length >= 2 * CONNECTIONS + 1, 'every close');
+      await waitFor(
+        () => seen.filter((e) => e.newState === 'CLOSED').length >= 2 * CONNECTIONS + 1,
+        'every close',
+      );
     });
     const closes = seen.filter((e) => e.newState === 'CLOSED');
     assert.equal(capture.stats().kernelLost, 0);
@@ -87,7 +93,10 @@ describe('capture identity with real sockets', { skip }, () => {
     const perId = new Map<string, number>();
     for (const e of seen) perId.set(e.connId, (perId.get(e.connId) ?? 0) + 1);
     // (the listener predates the capture: only its LISTEN>CLOSED is seen)
-    assert.ok([...perId.values()].every((n) => n === 5 || n === 1), 'client 5, child 5, listener 1');
+    assert.ok(
+      [...perId.values()].every((n) => n === 5 || n === 1),
+      'client 5, child 5, listener 1',
+    );
 
     if (bpftrace) {
       bpftrace.kill('SIGINT');
@@ -97,7 +106,9 @@ describe('capture identity with real sockets', { skip }, () => {
       t.diagnostic(`${skaddrs.length} closes over ${distinct} distinct kernel sock addresses`);
       assert.ok(distinct < skaddrs.length, 'the kernel reused sock addresses');
     } else {
-      t.diagnostic('bpftrace or tracefs absent: sock address reuse not shown, distinctness still checked');
+      t.diagnostic(
+        'bpftrace or tracefs absent: sock address reuse not shown, distinctness still checked',
+      );
     }
   });
 
@@ -122,21 +133,33 @@ describe('capture identity with real sockets', { skip }, () => {
       await new Promise((r) => python.once('exit', r));
       await closeServer(server);
       await waitFor(
-        () => seen.filter((e) => e.newState === 'CLOSED' && (e.localPort === port || e.remotePort === port)).length >= 3,
+        () =>
+          seen.filter(
+            (e) => e.newState === 'CLOSED' && (e.localPort === port || e.remotePort === port),
+          ).length >= 3,
         'three closes',
       );
     });
     const client = seen.filter((e) => e.remotePort === port);
     assert.deepEqual(
       client.map((e) => `${e.oldState}>${e.newState}`),
-      ['CLOSED>SYN-SENT', 'SYN-SENT>ESTABLISHED', 'ESTABLISHED>CLOSE-WAIT', 'CLOSE-WAIT>LAST-ACK', 'LAST-ACK>CLOSED'],
+      [
+        'CLOSED>SYN-SENT',
+        'SYN-SENT>ESTABLISHED',
+        'ESTABLISHED>CLOSE-WAIT',
+        'CLOSE-WAIT>LAST-ACK',
+        'LAST-ACK>CLOSED',
+      ],
     );
     for (const e of client) {
       assert.equal(e.pid, pythonPid, `${e.oldState}>${e.newState}`);
       assert.equal(e.comm, 'python3');
     }
     const child = seen.filter((e) => e.localPort === port);
-    assert.ok(child.every((e) => e.pid === process.pid), 'the server side is node');
+    assert.ok(
+      child.every((e) => e.pid === process.pid),
+      'the server side is node',
+    );
     const last = client[client.length - 1];
     assert.deepEqual([last.bytesSent, last.bytesReceived], [0n, 3n]);
   });
@@ -166,7 +189,10 @@ describe('a socket used again', { skip }, () => {
     const opener = seen.filter((e) => e.comm === 'python3' && e.localPort !== port);
     const first = opener.filter((e) => e.remotePort === refusedPort);
     const second = opener.filter((e) => e.remotePort === port);
-    assert.deepEqual(first.map((e) => `${e.oldState}>${e.newState}`), ['CLOSED>SYN-SENT', 'SYN-SENT>CLOSED']);
+    assert.deepEqual(
+      first.map((e) => `${e.oldState}>${e.newState}`),
+      ['CLOSED>SYN-SENT', 'SYN-SENT>CLOSED'],
+    );
     assert.equal(second[0].newState, 'SYN-SENT');
     assert.equal(new Set(first.map((e) => e.connId)).size, 1);
     assert.equal(new Set(second.map((e) => e.connId)).size, 1);
@@ -181,26 +207,35 @@ describe('in-kernel filters', { skip }, () => {
     const v6 = await listen('::1', echoClose);
     const other = await listen('::1', echoClose);
     const [p4, p6, pOther] = [v4, v6, other].map(portOf);
-    const { seen, capture } = await captured({ filterPorts: [p4, p6], filterCidrs: ['::1/128'] }, async (seen) => {
-      await oneConnection('127.0.0.1', p4); // right port, wrong address
-      await oneConnection('::1', pOther); // right address, wrong port
-      await oneConnection('::1', p6);
-      await waitFor(() => seen.length >= 10, 'the v6 connection');
-      await new Promise((r) => setTimeout(r, 100));
-    });
+    const { seen, capture } = await captured(
+      { filterPorts: [p4, p6], filterCidrs: ['::1/128'] },
+      async (seen) => {
+        await oneConnection('127.0.0.1', p4); // right port, wrong address
+        await oneConnection('::1', pOther); // right address, wrong port
+        await oneConnection('::1', p6);
+        await waitFor(() => seen.length >= 10, 'the v6 connection');
+        await new Promise((r) => setTimeout(r, 100));
+      },
+    );
     await Promise.all([v4, v6, other].map(closeServer));
     assert.equal(seen.length, 10);
     assert.ok(seen.every((e) => e.family === 6 && (e.localPort === p6 || e.remotePort === p6)));
-    assert.deepEqual(seen.map((e) => e.seq), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert.deepEqual(
+      seen.map((e) => e.seq),
+      [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+    );
     assert.equal(capture.stats().seqMissing, 0);
   });
 
   it('matches v4-mapped addresses with an IPv4 CIDR', async () => {
     const dual = await listen('::', echoClose);
-    const { seen } = await captured({ filterCidrs: ['127.0.0.0/8'], filterPorts: [portOf(dual)] }, async (seen) => {
-      await oneConnection('127.0.0.1', portOf(dual));
-      await waitFor(() => seen.length >= 10, 'client and child');
-    });
+    const { seen } = await captured(
+      { filterCidrs: ['127.0.0.0/8'], filterPorts: [portOf(dual)] },
+      async (seen) => {
+        await oneConnection('127.0.0.1', portOf(dual));
+        await waitFor(() => seen.length >= 10, 'client and child');
+      },
+    );
     await closeServer(dual);
     const child = seen.filter((e) => e.family === 6);
     assert.equal(child.length, 5);
@@ -213,7 +248,7 @@ describe('in-kernel filters', { skip }, () => {
     const port = portOf(server);
     const mine = await captured({ filterNetns: netns, filterPorts: [port] }, async (seen) => {
       await oneConnection('127.0.0.1', port);
-      await waitFor(() => seen.length >= 10, 'this namespace\'s events');
+      await waitFor(() => seen.length >= 10, "this namespace's events");
     });
     const elsewhere = await captured({ filterNetns: netns + 1, filterPorts: [port] }, async () => {
       await oneConnection('127.0.0.1', port);

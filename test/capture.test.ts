@@ -30,7 +30,10 @@ function socketInode(sock: Socket): number {
  * Connects, sends exactly PAYLOAD bytes, closes first, reads the echo; resolves with the
  * client's port, its socket inode and how many bytes came back.
  */
-function roundTrip(host: string, port: number): Promise<{ port: number; inode: number; echoed: number }> {
+function roundTrip(
+  host: string,
+  port: number,
+): Promise<{ port: number; inode: number; echoed: number }> {
   return new Promise((resolve, reject) => {
     const client = connect({ host, port });
     let localPort = 0;
@@ -93,7 +96,15 @@ describe('capture on loopback', { skip }, () => {
     const client = mine().filter((e) => e.connId === clientId);
     const child = mine().filter((e) => e.localPort === serverPort && e.remotePort === clientPort);
     const listener = mine().filter((e) => e.localPort === serverPort && e.remotePort === 0);
-    return { serverPort, clientPort, clientInode: trip.inode, client, child, listener, all: mine() };
+    return {
+      serverPort,
+      clientPort,
+      clientInode: trip.inode,
+      client,
+      child,
+      listener,
+      all: mine(),
+    };
   }
 
   function checkCommon(c: Awaited<ReturnType<typeof connection>>, family: 4 | 6) {
@@ -140,7 +151,10 @@ describe('capture on loopback', { skip }, () => {
       assert.equal(e.remotePort, c.serverPort);
     }
     const times = c.client.map((e) => e.timeNs);
-    assert.deepEqual([...times].sort((x, y) => (x < y ? -1 : x > y ? 1 : 0)), times);
+    assert.deepEqual(
+      [...times].sort((x, y) => (x < y ? -1 : x > y ? 1 : 0)),
+      times,
+    );
 
     // payload only: no SYN, no FIN, on both sides and at every step
     const payload = BigInt(PAYLOAD);
@@ -184,14 +198,14 @@ describe('capture on loopback', { skip }, () => {
     }
   });
 
-  it('reports a dual-stack listener\'s IPv4 peer as v4-mapped IPv6', async () => {
+  it("reports a dual-stack listener's IPv4 peer as v4-mapped IPv6", async () => {
     const server = await listen('::');
     const serverPort = (server.address() as AddressInfo).port;
     const clientPort = (await roundTrip('127.0.0.1', serverPort)).port;
     await new Promise<void>((r) => server.close(() => r()));
     const child = () =>
       seen.filter((e) => e.localPort === serverPort && e.remotePort === clientPort);
-    await waitFor(() => child().length >= 5, 'the child socket\'s 5 events');
+    await waitFor(() => child().length >= 5, "the child socket's 5 events");
     for (const e of child()) {
       assert.equal(e.family, 6);
       assert.equal(e.localAddr, '::ffff:127.0.0.1');

@@ -43,14 +43,20 @@ const SOURCE = sourceText();
 
 /** Environment variables the code reads: process.env.X, env.X (an env parameter), env['X']. */
 const ENV_READ = new Set(
-  [...SOURCE.matchAll(/\benv(?:\.([A-Z][A-Z0-9_]*)|\[['"]([A-Z][A-Z0-9_]*)['"]\])/g)].map((m) => m[1] ?? m[2]),
+  [...SOURCE.matchAll(/\benv(?:\.([A-Z][A-Z0-9_]*)|\[['"]([A-Z][A-Z0-9_]*)['"]\])/g)].map(
+    (m) => m[1] ?? m[2],
+  ),
 );
 
 /** Flags a command accepts, from its own --help (the compiled CLI). */
 function cliFlags(command: string): Set<string> {
-  const help = execFileSync(process.execPath, [path.join(ROOT, 'bin', 'tcpaudit.js'), command, '--help'], {
-    encoding: 'utf8',
-  });
+  const help = execFileSync(
+    process.execPath,
+    [path.join(ROOT, 'bin', 'tcpaudit.js'), command, '--help'],
+    {
+      encoding: 'utf8',
+    },
+  );
   return new Set([...help.matchAll(/(?:^|\s)(--[a-z][a-z0-9-]*)/g)].map((m) => m[1]));
 }
 
@@ -58,7 +64,8 @@ const FLAGS = { produce: cliFlags('produce'), process: cliFlags('process') };
 
 /** Checks every --flag of an argument list against the command it runs. */
 function assertFlagsExist(args: string[], where: string): void {
-  const command = args.find((a) => a === 'produce' || a === 'process') as 'produce' | 'process' | undefined;
+  const command = args.find((a) => a === 'produce' || a === 'process') as
+    'produce' | 'process' | undefined;
   assert.ok(command, `${where}: runs neither produce nor process: ${args.join(' ')}`);
   for (const arg of args.filter((a) => a.startsWith('--'))) {
     const flag = arg.split('=')[0];
@@ -66,7 +73,11 @@ function assertFlagsExist(args: string[], where: string): void {
   }
 }
 
-function assertEnvRead(names: Iterable<string>, where: string, expandedInArgs: string[] = []): void {
+function assertEnvRead(
+  names: Iterable<string>,
+  where: string,
+  expandedInArgs: string[] = [],
+): void {
   for (const name of names) {
     const expanded = expandedInArgs.some((a) => a.includes(`$(${name})`));
     assert.ok(ENV_READ.has(name) || expanded, `${where}: sets ${name}, which no code reads`);
@@ -97,25 +108,43 @@ interface ComposeService {
 }
 
 describe('docker-compose.yml', () => {
-  const compose = YAML.parse(read('docker-compose.yml')) as { services: Record<string, ComposeService> };
+  const compose = YAML.parse(read('docker-compose.yml')) as {
+    services: Record<string, ComposeService>;
+  };
   const s = compose.services;
 
   it('runs the whole pipeline at the pinned versions', () => {
-    assert.deepEqual(Object.keys(s).sort(), ['kafka', 'postgres', 'processor', 'producer', 'registry']);
+    assert.deepEqual(Object.keys(s).sort(), [
+      'kafka',
+      'postgres',
+      'processor',
+      'producer',
+      'registry',
+    ]);
     assert.equal(s.kafka.image, 'apache/kafka:3.9.2');
     assert.equal(s.registry.image, 'apicurio/apicurio-registry:3.0.9');
     assert.equal(s.postgres.image, 'postgres:15');
     for (const [name, svc] of Object.entries(s)) {
-      for (const dep of Object.keys(svc.depends_on ?? {})) assert.ok(s[dep], `${name} depends on unknown ${dep}`);
+      for (const dep of Object.keys(svc.depends_on ?? {}))
+        assert.ok(s[dep], `${name} depends on unknown ${dep}`);
     }
   });
 
   it('builds each image from its own Dockerfile', () => {
     assert.equal(s.producer.image, PRODUCER_IMAGE);
     assert.equal(s.processor.image, PROCESSOR_IMAGE);
-    assert.deepEqual(s.producer.build, { context: '.', dockerfile: 'deploy/docker/producer.Dockerfile' });
-    assert.deepEqual(s.processor.build, { context: '.', dockerfile: 'deploy/docker/processor.Dockerfile' });
-    assert.ok(!fs.existsSync(path.join(ROOT, 'Dockerfile')), 'the root Dockerfile moved to deploy/docker/');
+    assert.deepEqual(s.producer.build, {
+      context: '.',
+      dockerfile: 'deploy/docker/producer.Dockerfile',
+    });
+    assert.deepEqual(s.processor.build, {
+      context: '.',
+      dockerfile: 'deploy/docker/processor.Dockerfile',
+    });
+    assert.ok(
+      !fs.existsSync(path.join(ROOT, 'Dockerfile')),
+      'the root Dockerfile moved to deploy/docker/',
+    );
   });
 
   it('gives the producer exactly CAP_BPF and CAP_PERFMON, the host PID and UTS namespaces', () => {
@@ -153,10 +182,15 @@ describe('docker-compose.yml', () => {
 
   it('publishes every port on 127.0.0.1 only, metrics on 9464 and 9465', () => {
     for (const [name, svc] of Object.entries(s)) {
-      for (const port of svc.ports ?? []) assert.match(port, /^127\.0\.0\.1:/, `${name} publishes ${port}`);
+      for (const port of svc.ports ?? [])
+        assert.match(port, /^127\.0\.0\.1:/, `${name} publishes ${port}`);
     }
-    assert.ok(s.producer.ports?.includes(`127.0.0.1:${METRICS_PORT.producer}:${METRICS_PORT.producer}`));
-    assert.ok(s.processor.ports?.includes(`127.0.0.1:${METRICS_PORT.processor}:${METRICS_PORT.processor}`));
+    assert.ok(
+      s.producer.ports?.includes(`127.0.0.1:${METRICS_PORT.producer}:${METRICS_PORT.producer}`),
+    );
+    assert.ok(
+      s.processor.ports?.includes(`127.0.0.1:${METRICS_PORT.processor}:${METRICS_PORT.processor}`),
+    );
   });
 
   it('sets only environment variables the code reads, and flags the CLI has', () => {
@@ -195,7 +229,11 @@ interface Container {
 interface PodSpec {
   hostPID?: boolean;
   hostNetwork?: boolean;
-  securityContext?: { runAsNonRoot?: boolean; runAsUser?: number; seccompProfile?: { type: string } };
+  securityContext?: {
+    runAsNonRoot?: boolean;
+    runAsUser?: number;
+    seccompProfile?: { type: string };
+  };
   containers: Container[];
   initContainers?: Container[];
   volumes?: { name: string; hostPath?: { path: string } }[];
@@ -243,7 +281,10 @@ describe('deploy/kubernetes', () => {
   it('lists every file in kustomization.yaml', () => {
     const kustomization = objects.find((o) => o.kind === 'Kustomization');
     assert.ok(kustomization);
-    assert.deepEqual([...(kustomization.resources ?? [])].sort(), files.filter((f) => f !== 'kustomization.yaml').sort());
+    assert.deepEqual(
+      [...(kustomization.resources ?? [])].sort(),
+      files.filter((f) => f !== 'kustomization.yaml').sort(),
+    );
   });
 
   it('runs the producer as a DaemonSet in the host PID namespace, non-root', () => {
@@ -290,7 +331,9 @@ describe('deploy/kubernetes', () => {
 
   it('uses seccomp RuntimeDefault for both', () => {
     for (const spec of [producer, processor]) {
-      const type = spec.containers[0].securityContext?.seccompProfile?.type ?? spec.securityContext?.seccompProfile?.type;
+      const type =
+        spec.containers[0].securityContext?.seccompProfile?.type ??
+        spec.securityContext?.seccompProfile?.type;
       assert.equal(type, 'RuntimeDefault');
     }
   });
@@ -301,7 +344,10 @@ describe('deploy/kubernetes', () => {
   });
 
   it('sets only environment variables the code reads, and flags the CLI has', () => {
-    for (const [name, spec] of [['producer', producer], ['processor', processor]] as const) {
+    for (const [name, spec] of [
+      ['producer', producer],
+      ['processor', processor],
+    ] as const) {
       const c = spec.containers[0];
       const args = [...(c.command ?? []), ...(c.args ?? [])];
       assertEnvRead(envNames(c), `kubernetes ${name}`, args);
@@ -311,7 +357,10 @@ describe('deploy/kubernetes', () => {
 
   it('keeps the database password in a Secret, not a ConfigMap', () => {
     for (const o of objects.filter((x) => x.kind === 'ConfigMap')) {
-      assert.ok(!Object.keys(o.data ?? {}).some((k) => /PASSWORD/.test(k)), `${o.metadata.name} holds a password`);
+      assert.ok(
+        !Object.keys(o.data ?? {}).some((k) => /PASSWORD/.test(k)),
+        `${o.metadata.name} holds a password`,
+      );
     }
   });
 });
@@ -354,9 +403,13 @@ function aptPackages(stage: Stage): string[] {
     for (const cmd of args.split(/&&|;/)) {
       const words = cmd.trim().split(/\s+/);
       const pkgs = words.slice(words.indexOf('install') + 1).filter((w) => !w.startsWith('-'));
-      if (op === 'RUN' && words[0] === 'apt-get' && words.includes('install')) pkgs.forEach((p) => installed.add(p));
+      if (op === 'RUN' && words[0] === 'apt-get' && words.includes('install'))
+        pkgs.forEach((p) => installed.add(p));
       if (words[0] === 'apt-get' && words.includes('purge')) {
-        words.slice(words.indexOf('purge') + 1).filter((w) => !w.startsWith('-')).forEach((p) => installed.delete(p));
+        words
+          .slice(words.indexOf('purge') + 1)
+          .filter((w) => !w.startsWith('-'))
+          .forEach((p) => installed.delete(p));
       }
     }
   }
@@ -411,7 +464,10 @@ describe('deploy/docker', () => {
       for (const src of contextCopies(parseDockerfile(rel))) {
         const clean = src.replace(/^\.\//, '');
         for (const pattern of ignore) {
-          assert.ok(clean !== pattern && !clean.startsWith(`${pattern}/`), `${rel} copies ignored ${src}`);
+          assert.ok(
+            clean !== pattern && !clean.startsWith(`${pattern}/`),
+            `${rel} copies ignored ${src}`,
+          );
         }
       }
     });
@@ -420,10 +476,19 @@ describe('deploy/docker', () => {
   it('producer: runtime holds only libbpf1, libelf1 and zlib1g, the BPF object and the addon', () => {
     const [build, run] = parseDockerfile('deploy/docker/producer.Dockerfile');
     assert.deepEqual(aptPackages(run), ['libbpf1', 'libelf1', 'zlib1g']);
-    assert.ok(build.lines.some((l) => l.op === 'RUN' && /make -C bpf/.test(l.args)), 'the BPF object is built');
+    assert.ok(
+      build.lines.some((l) => l.op === 'RUN' && /make -C bpf/.test(l.args)),
+      'the BPF object is built',
+    );
     const copies = run.lines.filter((l) => l.op === 'COPY').map((l) => l.args);
-    assert.ok(copies.some((c) => /^--from=build \S*bpf\/\.output\/tcpaudit\.bpf\.o /.test(c)), 'copies the BPF object');
-    assert.ok(copies.some((c) => /^--from=build \S*native\/build\/Release\/tcpaudit\.node /.test(c)), 'copies the addon');
+    assert.ok(
+      copies.some((c) => /^--from=build \S*bpf\/\.output\/tcpaudit\.bpf\.o /.test(c)),
+      'copies the BPF object',
+    );
+    assert.ok(
+      copies.some((c) => /^--from=build \S*native\/build\/Release\/tcpaudit\.node /.test(c)),
+      'copies the addon',
+    );
   });
 
   it('producer: the entry point holds and passes on exactly CAP_BPF and CAP_PERFMON', () => {
@@ -440,7 +505,10 @@ describe('deploy/docker', () => {
   it('processor: adds no Debian package, no BPF object, no addon', () => {
     const [, run] = parseDockerfile('deploy/docker/processor.Dockerfile');
     assert.deepEqual(aptPackages(run), []);
-    const copies = run.lines.filter((l) => l.op === 'COPY').map((l) => l.args).join('\n');
+    const copies = run.lines
+      .filter((l) => l.op === 'COPY')
+      .map((l) => l.args)
+      .join('\n');
     assert.doesNotMatch(copies, /tcpaudit\.bpf\.o|tcpaudit\.node/);
     assert.match(copies, /processor\/migrations/);
     assert.ok(!run.lines.some((l) => /setcap/.test(l.args)));
@@ -498,7 +566,8 @@ describe('deploy/systemd', () => {
     assert.equal(svc.PrivateUsers, undefined, 'capabilities must hold in the host user namespace');
     assert.equal(svc.ProcSubset, undefined, '/proc/sys/kernel/random/boot_id must stay visible');
     for (const key of ['BindPaths', 'BindReadOnlyPaths', 'ReadWritePaths']) {
-      for (const value of svc[key] ?? []) assert.doesNotMatch(value, /\/sys\/kernel\/(debug|tracing)/);
+      for (const value of svc[key] ?? [])
+        assert.doesNotMatch(value, /\/sys\/kernel\/(debug|tracing)/);
     }
   });
 
@@ -522,11 +591,20 @@ describe('deploy/grafana/tcpaudit.json', () => {
     title: string;
     targets?: { expr: string }[];
   }
-  const dashboard = JSON.parse(read('deploy/grafana/tcpaudit.json')) as { uid: string; panels: Panel[] };
+  const dashboard = JSON.parse(read('deploy/grafana/tcpaudit.json')) as {
+    uid: string;
+    panels: Panel[];
+  };
   const exprs = dashboard.panels.flatMap((p) => (p.targets ?? []).map((t) => t.expr));
   // Histograms are queried through their _bucket, _sum and _count series.
   const metrics = [
-    ...new Set(exprs.flatMap((e) => [...e.matchAll(/\btcpaudit_[a-z0-9_]+/g)].map((m) => m[0].replace(/_(bucket|sum|count)$/, '')))),
+    ...new Set(
+      exprs.flatMap((e) =>
+        [...e.matchAll(/\btcpaudit_[a-z0-9_]+/g)].map((m) =>
+          m[0].replace(/_(bucket|sum|count)$/, ''),
+        ),
+      ),
+    ),
   ].sort();
 
   it('parses, with unique panel ids', () => {
@@ -549,7 +627,10 @@ describe('deploy/grafana/tcpaudit.json', () => {
     ]) {
       assert.ok(metrics.includes(needed), `no panel queries ${needed}`);
     }
-    assert.ok(exprs.some((e) => /by \(partition\)/.test(e)), 'lag is shown per partition');
+    assert.ok(
+      exprs.some((e) => /by \(partition\)/.test(e)),
+      'lag is shown per partition',
+    );
   });
 
   for (const name of metrics) {

@@ -15,8 +15,14 @@ function fromEnvironment(): Endpoints | null {
   const { KAFKA_BROKERS, SCHEMA_REGISTRY_URL, PGHOST } = process.env;
   if (!KAFKA_BROKERS || !SCHEMA_REGISTRY_URL || !PGHOST) return null;
   const env: Record<string, string> = { KAFKA_BROKERS, SCHEMA_REGISTRY_URL, PGHOST };
-  for (const key of ['PGPORT', 'PGUSER', 'PGPASSWORD', 'PGDATABASE', 'TCPAUDIT_READER_USER',
-    'TCPAUDIT_READER_PASSWORD']) {
+  for (const key of [
+    'PGPORT',
+    'PGUSER',
+    'PGPASSWORD',
+    'PGDATABASE',
+    'TCPAUDIT_READER_USER',
+    'TCPAUDIT_READER_PASSWORD',
+  ]) {
     const value = process.env[key];
     if (value !== undefined) env[key] = value;
   }

@@ -5,7 +5,14 @@ import { createRegistry } from '../common/registry';
 import { registryDecoder } from '../processor/decode';
 import { lambdaHandler, type LambdaKafkaEvent, type LambdaKafkaRecord } from '../processor/lambda';
 import type { DeadLetter } from '../processor/handler';
-import { checkExact, encodeEvent, freshDatabase, registerSchemas, syntheticStream, type TestDatabase } from './processor-helpers';
+import {
+  checkExact,
+  encodeEvent,
+  freshDatabase,
+  registerSchemas,
+  syntheticStream,
+  type TestDatabase,
+} from './processor-helpers';
 
 let db: TestDatabase;
 let registryUrl: string;
@@ -29,15 +36,26 @@ test('lambda adapter: an MSK-shaped event becomes exact rows; a retried invocati
     const partition = c.connId.charCodeAt(c.connId.length - 1) % 3;
     const list = (byPartition[`${topic}-${partition}`] ??= []);
     list.push({
-      topic, partition, offset: list.length, timestamp: Math.floor(c.timeUs / 1000), timestampType: 'CREATE_TIME',
-      key: Buffer.from(c.connId).toString('base64'), value: encodeEvent(schemas, c).toString('base64'),
+      topic,
+      partition,
+      offset: list.length,
+      timestamp: Math.floor(c.timeUs / 1000),
+      timestampType: 'CREATE_TIME',
+      key: Buffer.from(c.connId).toString('base64'),
+      value: encodeEvent(schemas, c).toString('base64'),
       headers: [{ source: [...Buffer.from('test')] }],
     });
     void i;
   });
   // One poison record: a wrong magic byte.
-  byPartition[`${topic}-0`].push({ topic, partition: 0, offset: byPartition[`${topic}-0`].length, key: null,
-    value: Buffer.from([1, 0, 0, 0, 1, 2]).toString('base64'), headers: [] });
+  byPartition[`${topic}-0`].push({
+    topic,
+    partition: 0,
+    offset: byPartition[`${topic}-0`].length,
+    key: null,
+    value: Buffer.from([1, 0, 0, 0, 1, 2]).toString('base64'),
+    headers: [],
+  });
   const event: LambdaKafkaEvent = {
     eventSource: 'aws:kafka',
     eventSourceArn: 'arn:aws:kafka:us-east-1:123456789012:cluster/test/abc',
@@ -46,7 +64,9 @@ test('lambda adapter: an MSK-shaped event becomes exact rows; a retried invocati
   };
   const letters: DeadLetter[] = [];
   const handler = lambdaHandler({
-    pool: db.pool, decode: registryDecoder(createRegistry(registryUrl)), groupId: 'lambda',
+    pool: db.pool,
+    decode: registryDecoder(createRegistry(registryUrl)),
+    groupId: 'lambda',
     deadLetterSink: async (l) => void letters.push(...l),
   });
   const first = await handler(JSON.parse(JSON.stringify(event)));
@@ -59,7 +79,13 @@ test('lambda adapter: an MSK-shaped event becomes exact rows; a retried invocati
   assert.match(letters[0].reason, /magic byte/);
   const dl = await db.pool.query('SELECT reason, kafka_partition FROM dead_letters');
   assert.equal(dl.rowCount, 1);
-  const offsets = await db.pool.query("SELECT partition, next_offset FROM consumer_offsets WHERE group_id = 'lambda' ORDER BY partition");
-  assert.deepEqual(offsets.rows.map((r) => [r.partition, Number(r.next_offset)]),
-    Object.entries(byPartition).map(([k, l]) => [Number(k.split('-').pop()), l.length]).sort((a, b) => a[0] - b[0]));
+  const offsets = await db.pool.query(
+    "SELECT partition, next_offset FROM consumer_offsets WHERE group_id = 'lambda' ORDER BY partition",
+  );
+  assert.deepEqual(
+    offsets.rows.map((r) => [r.partition, Number(r.next_offset)]),
+    Object.entries(byPartition)
+      .map(([k, l]) => [Number(k.split('-').pop()), l.length])
+      .sort((a, b) => a[0] - b[0]),
+  );
 });

@@ -22,7 +22,9 @@ export function runCli(args: string[], env: Record<string, string>): Running {
   });
   const logs: Record<string, unknown>[] = [];
   const waiters: { msg: string; resolve: (l: Record<string, unknown>) => void }[] = [];
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const exited = new Promise<number | null>((resolve) =>
+    child.once('exit', (code) => resolve(code)),
+  );
   readline.createInterface({ input: child.stderr! }).on('line', (line) => {
     let entry: Record<string, unknown>;
     try {
@@ -42,7 +44,8 @@ export function runCli(args: string[], env: Record<string, string>): Running {
       if (seen) return Promise.resolve(seen);
       return new Promise((resolve, reject) => {
         const timer = setTimeout(
-          () => reject(new Error(`no "${msg}" log within ${timeoutMs} ms: ${JSON.stringify(logs)}`)),
+          () =>
+            reject(new Error(`no "${msg}" log within ${timeoutMs} ms: ${JSON.stringify(logs)}`)),
           timeoutMs,
         );
         waiters.push({ msg, resolve: (l) => (clearTimeout(timer), resolve(l)) });

@@ -3,15 +3,27 @@ import assert from 'node:assert/strict';
 import { endpoints, uniqueName } from './harness';
 import { runCli, type Running } from './processes';
 import {
-  checkExact, createTopic, encodeEvent, freshDatabase, kafkaClient, registerSchemas, sleep, syntheticStream,
-  waitFor, type TestDatabase,
+  checkExact,
+  createTopic,
+  encodeEvent,
+  freshDatabase,
+  kafkaClient,
+  registerSchemas,
+  sleep,
+  syntheticStream,
+  waitFor,
+  type TestDatabase,
 } from './processor-helpers';
 
 const running = new Set<Running>();
 const dbs: TestDatabase[] = [];
 
 function startProcessor(env: Record<string, string>, topic: string, group: string): Running {
-  const p = runCli(['process', '--metrics-port', '0', '--session-timeout', '6000'], { ...env, TCPAUDIT_TOPIC: topic, TCPAUDIT_GROUP: group });
+  const p = runCli(['process', '--metrics-port', '0', '--session-timeout', '6000'], {
+    ...env,
+    TCPAUDIT_TOPIC: topic,
+    TCPAUDIT_GROUP: group,
+  });
   running.add(p);
   p.child.once('exit', () => running.delete(p));
   return p;
@@ -25,7 +37,12 @@ function kill(p: Running): Promise<void> {
   });
 }
 
-async function publishStream(env: Record<string, string>, topic: string, conns: number, tag: string) {
+async function publishStream(
+  env: Record<string, string>,
+  topic: string,
+  conns: number,
+  tag: string,
+) {
   const kafka = kafkaClient(env.KAFKA_BROKERS);
   await createTopic(kafka, topic, 3);
   const schemas = await registerSchemas(env.SCHEMA_REGISTRY_URL, topic);
@@ -34,7 +51,8 @@ async function publishStream(env: Record<string, string>, topic: string, conns: 
   await producer.connect();
   const messages = stream.changes.map((c) => ({ key: c.connId, value: encodeEvent(schemas, c) }));
   const chunks: (typeof messages)[] = [];
-  for (let i = 0; i < messages.length; i += Math.ceil(messages.length / 6)) chunks.push(messages.slice(i, i + Math.ceil(messages.length / 6)));
+  for (let i = 0; i < messages.length; i += Math.ceil(messages.length / 6))
+    chunks.push(messages.slice(i, i + Math.ceil(messages.length / 6)));
   return {
     stream,
     chunks: chunks.length,
@@ -43,7 +61,8 @@ async function publishStream(env: Record<string, string>, topic: string, conns: 
   };
 }
 
-const count = async (db: TestDatabase) => Number((await db.pool.query('SELECT count(*) AS n FROM tcp_events')).rows[0].n);
+const count = async (db: TestDatabase) =>
+  Number((await db.pool.query('SELECT count(*) AS n FROM tcp_events')).rows[0].n);
 
 before(async () => {
   await endpoints();
@@ -68,8 +87,12 @@ test('crash: a processor SIGKILLed again and again mid-stream leaves exact rows,
     const p = startProcessor(db.env, topic, group);
     if (i === pub.chunks - 1) break;
     // Kill while it is writing: as soon as rows move (or after a while), then a little later.
-    await waitFor('progress', async () => (await count(db)) > progress || p.child.exitCode !== null, 40_000).catch(() => undefined);
-    await sleep(50 + (i * 97) % 200);
+    await waitFor(
+      'progress',
+      async () => (await count(db)) > progress || p.child.exitCode !== null,
+      40_000,
+    ).catch(() => undefined);
+    await sleep(50 + ((i * 97) % 200));
     await kill(p);
     kills++;
     progress = await count(db);

@@ -3,7 +3,16 @@ import assert from 'node:assert/strict';
 import { endpoints, uniqueName } from './harness';
 import { frame } from '../common/registry';
 import { runCli, type Running } from './processes';
-import { createTopic, encodeEvent, freshDatabase, kafkaClient, registerSchemas, syntheticStream, waitFor, type TestDatabase } from './processor-helpers';
+import {
+  createTopic,
+  encodeEvent,
+  freshDatabase,
+  kafkaClient,
+  registerSchemas,
+  syntheticStream,
+  waitFor,
+  type TestDatabase,
+} from './processor-helpers';
 
 let db: TestDatabase;
 let processor: Running | undefined;
@@ -29,26 +38,61 @@ test('poison messages go to <topic>.dlq and dead_letters; processing goes on', a
   const bad: { key: string; value: Buffer; reason: RegExp }[] = [
     { key: 'magic', value: Buffer.from([7, 0, 0, 0, 1, 1, 2, 3]), reason: /magic byte/ },
     { key: 'schema', value: frame(987654321, Buffer.from([1, 2, 3])), reason: /unknown schema id/ },
-    { key: 'payload', value: frame(schemas.eventId, Buffer.from([0xff, 0xff, 0xff])), reason: /undecodable/ },
+    {
+      key: 'payload',
+      value: frame(schemas.eventId, Buffer.from([0xff, 0xff, 0xff])),
+      reason: /undecodable/,
+    },
     { key: 'short', value: Buffer.from([0, 1]), reason: /shorter/ },
-    { key: 'port', value: encodeEvent(schemas, { ...base, connId: 'x-1-1', localPort: 70000 }), reason: /port out of range/ },
-    { key: 'state', value: encodeEvent(schemas, { ...base, connId: 'x-1-2', newState: 'UNKNOWN' }), reason: /unknown state/ },
-    { key: 'connid', value: encodeEvent(schemas, { ...base, connId: '' }), reason: /no connection id/ },
-    { key: 'addr', value: encodeEvent(schemas, { ...base, connId: 'x-1-3', remoteAddr: 'not-an-ip' }), reason: /not an IP/ },
+    {
+      key: 'port',
+      value: encodeEvent(schemas, { ...base, connId: 'x-1-1', localPort: 70000 }),
+      reason: /port out of range/,
+    },
+    {
+      key: 'state',
+      value: encodeEvent(schemas, { ...base, connId: 'x-1-2', newState: 'UNKNOWN' }),
+      reason: /unknown state/,
+    },
+    {
+      key: 'connid',
+      value: encodeEvent(schemas, { ...base, connId: '' }),
+      reason: /no connection id/,
+    },
+    {
+      key: 'addr',
+      value: encodeEvent(schemas, { ...base, connId: 'x-1-3', remoteAddr: 'not-an-ip' }),
+      reason: /not an IP/,
+    },
   ];
   const producer = kafka.producer();
   await producer.connect();
   // Poison first, between and after the good ones, all in one partition.
-  await producer.send({ topic, messages: [...bad.slice(0, 4), ...good, ...bad.slice(4)].map((m) => ({ key: 'same', value: m.value, headers: { probe: m.key } })) });
+  await producer.send({
+    topic,
+    messages: [...bad.slice(0, 4), ...good, ...bad.slice(4)].map((m) => ({
+      key: 'same',
+      value: m.value,
+      headers: { probe: m.key },
+    })),
+  });
   await producer.disconnect();
 
-  processor = runCli(['process', '--metrics-port', '0'], { ...db.env, TCPAUDIT_TOPIC: topic, TCPAUDIT_GROUP: uniqueName('poison') });
+  processor = runCli(['process', '--metrics-port', '0'], {
+    ...db.env,
+    TCPAUDIT_TOPIC: topic,
+    TCPAUDIT_GROUP: uniqueName('poison'),
+  });
   await processor.waitForLog('consuming');
   await waitFor('rows', async () => {
-    const { rows } = await db.pool.query('SELECT (SELECT count(*) FROM tcp_events)::int AS e, (SELECT count(*) FROM dead_letters)::int AS d');
+    const { rows } = await db.pool.query(
+      'SELECT (SELECT count(*) FROM tcp_events)::int AS e, (SELECT count(*) FROM dead_letters)::int AS d',
+    );
     return rows[0].e === good.length && rows[0].d === bad.length;
   });
-  const { rows } = await db.pool.query('SELECT reason, message_headers FROM dead_letters ORDER BY kafka_offset');
+  const { rows } = await db.pool.query(
+    'SELECT reason, message_headers FROM dead_letters ORDER BY kafka_offset',
+  );
   bad.forEach((b, i) => {
     assert.match(rows[i].reason, b.reason, b.key);
     assert.equal(rows[i].message_headers.probe, b.key);
@@ -58,9 +102,16 @@ test('poison messages go to <topic>.dlq and dead_letters; processing goes on', a
   await consumer.connect();
   await consumer.subscribe({ topic: `${topic}.dlq`, fromBeginning: true });
   const seen: { key: string; headers: Record<string, string> }[] = [];
-  await consumer.run({ eachMessage: async ({ message }) => {
-    seen.push({ key: String(message.key), headers: Object.fromEntries(Object.entries(message.headers ?? {}).map(([k, v]) => [k, String(v)])) });
-  } });
+  await consumer.run({
+    eachMessage: async ({ message }) => {
+      seen.push({
+        key: String(message.key),
+        headers: Object.fromEntries(
+          Object.entries(message.headers ?? {}).map(([k, v]) => [k, String(v)]),
+        ),
+      });
+    },
+  });
   await waitFor('dead-letter topic', async () => seen.length >= bad.length, 30_000);
   await consumer.disconnect();
   assert.equal(seen.length, bad.length);
@@ -69,7 +120,10 @@ test('poison messages go to <topic>.dlq and dead_letters; processing goes on', a
     assert.equal(m.headers['tcpaudit-dlq-topic'], topic);
     assert.ok(m.headers['tcpaudit-dlq-reason'].length > 0);
     assert.match(m.headers['tcpaudit-dlq-offset'], /^\d+$/);
-    assert.equal(m.headers['tcpaudit-dlq-partition'], rows.length ? m.headers['tcpaudit-dlq-partition'] : '');
+    assert.equal(
+      m.headers['tcpaudit-dlq-partition'],
+      rows.length ? m.headers['tcpaudit-dlq-partition'] : '',
+    );
   }
   assert.equal(await processor.stop(), 0);
   processor = undefined;

@@ -9,7 +9,13 @@ import { createRegistry } from '../common/registry';
 import { registryDecoder } from '../processor/decode';
 import { handleBatch } from '../processor/handler';
 import { buildQuery, parseFilters, readOnlySession, WritableSessionError } from '../cli/query';
-import { encodeEvent, freshDatabase, registerSchemas, syntheticStream, type TestDatabase } from './processor-helpers';
+import {
+  encodeEvent,
+  freshDatabase,
+  registerSchemas,
+  syntheticStream,
+  type TestDatabase,
+} from './processor-helpers';
 
 const run = promisify(execFile);
 let db: TestDatabase;
@@ -20,8 +26,18 @@ before(async () => {
   const topic = uniqueName('tcpaudit.query');
   const schemas = await registerSchemas(env.SCHEMA_REGISTRY_URL, topic);
   const stream = syntheticStream(40, 2, Date.now() * 1000 - 60_000_000, 'q');
-  await handleBatch(stream.changes.map((c, i) => ({ topic, partition: 0, offset: String(i), key: null, value: encodeEvent(schemas, c) })),
-    db.pool, registryDecoder(createRegistry(env.SCHEMA_REGISTRY_URL)), 'q');
+  await handleBatch(
+    stream.changes.map((c, i) => ({
+      topic,
+      partition: 0,
+      offset: String(i),
+      key: null,
+      value: encodeEvent(schemas, c),
+    })),
+    db.pool,
+    registryDecoder(createRegistry(env.SCHEMA_REGISTRY_URL)),
+    'q',
+  );
 });
 
 after(async () => {
@@ -53,15 +69,26 @@ test('query: each filter narrows with parameters only', async () => {
 });
 
 test('query: refuses a login that can write, and its session cannot write anyway', async () => {
-  const c = new Client({ host: db.env.PGHOST, port: Number(db.env.PGPORT), user: db.env.PGUSER, password: db.env.PGPASSWORD, database: db.name });
+  const c = new Client({
+    host: db.env.PGHOST,
+    port: Number(db.env.PGPORT),
+    user: db.env.PGUSER,
+    password: db.env.PGPASSWORD,
+    database: db.name,
+  });
   await c.connect();
   try {
     await assert.rejects(readOnlySession(c), WritableSessionError);
-    await assert.rejects(c.query("INSERT INTO host_runs VALUES ('h', 'b', 'r', now(), now())"), (err: { code?: string }) => err.code === '25006');
+    await assert.rejects(
+      c.query("INSERT INTO host_runs VALUES ('h', 'b', 'r', now(), now())"),
+      (err: { code?: string }) => err.code === '25006',
+    );
   } finally {
     await c.end();
   }
-  const child = await run(process.execPath, [CLI, 'query', '--json'], { env: { ...process.env, ...db.env } }).catch((e) => e);
+  const child = await run(process.execPath, [CLI, 'query', '--json'], {
+    env: { ...process.env, ...db.env },
+  }).catch((e) => e);
   assert.equal(child.code, 3);
   assert.match(child.stderr, /refusing to run: role tcpaudit can write/);
 });
@@ -77,9 +104,17 @@ test('query: runs on the reader role, and an INSERT through its connection fails
   }
   const password = given.TCPAUDIT_READER_PASSWORD ?? '';
   const env = { ...process.env, ...db.env, PGUSER: reader, PGPASSWORD: password };
-  const { stdout } = await run(process.execPath, [CLI, 'query', '--json', '--outcome', 'refused'], { env });
+  const { stdout } = await run(process.execPath, [CLI, 'query', '--json', '--outcome', 'refused'], {
+    env,
+  });
   assert.equal(JSON.parse(stdout).length, 5);
-  const c = new Client({ host: db.env.PGHOST, port: Number(db.env.PGPORT), user: reader, password: env.PGPASSWORD, database: db.name });
+  const c = new Client({
+    host: db.env.PGHOST,
+    port: Number(db.env.PGPORT),
+    user: reader,
+    password: env.PGPASSWORD,
+    database: db.name,
+  });
   await c.connect();
   try {
     await readOnlySession(c);

@@ -27,16 +27,19 @@ const createdSubjects: string[] = [];
 
 const unique = (prefix: string) => `${prefix}-${Date.now()}-${randomBytes(4).toString('hex')}`;
 
-before(async () => {
-  const givenUrl = process.env.SCHEMA_REGISTRY_URL;
-  const env = givenUrl ? null : await stackUp();
-  endpoints = {
-    registryUrl: (givenUrl ?? stackEnv().SCHEMA_REGISTRY_URL).replace(/\/+$/, ''),
-    brokers: (process.env.KAFKA_BROKERS ?? env?.KAFKA_BROKERS ?? stackEnv().KAFKA_BROKERS)
-      .split(',')
-      .map((b) => b.trim()),
-  };
-}, { timeout: 180_000 });
+before(
+  async () => {
+    const givenUrl = process.env.SCHEMA_REGISTRY_URL;
+    const env = givenUrl ? null : await stackUp();
+    endpoints = {
+      registryUrl: (givenUrl ?? stackEnv().SCHEMA_REGISTRY_URL).replace(/\/+$/, ''),
+      brokers: (process.env.KAFKA_BROKERS ?? env?.KAFKA_BROKERS ?? stackEnv().KAFKA_BROKERS)
+        .split(',')
+        .map((b) => b.trim()),
+    };
+  },
+  { timeout: 180_000 },
+);
 
 after(async () => {
   // Delete our subjects so the shared registry does not fill up run after run
@@ -82,8 +85,13 @@ test('schema registry: register, Confluent framing, round trip', async () => {
   const again = await registry.register(schema, { subject });
   assert.equal(again.id, first.id, 'same schema under the same subject must keep its id');
 
-  const record = { connId: 'c-1', timeNs: 1_700_000_000_123, family: 'V6', comm: 'curl',
-    srttUs: 250 };
+  const record = {
+    connId: 'c-1',
+    timeNs: 1_700_000_000_123,
+    family: 'V6',
+    comm: 'curl',
+    srttUs: 250,
+  };
   const framed = await registry.encode(first.id, record);
   // Confluent wire format: magic byte 0, schema id as 4-byte big-endian, then plain Avro.
   assert.equal(framed.readUInt8(0), 0);
@@ -96,8 +104,9 @@ test('schema registry: register, Confluent framing, round trip', async () => {
 test('schema registry: per-subject compatibility over REST', async () => {
   const subject = unique('tcpaudit.contract.config') + '-value';
   createdSubjects.push(subject);
-  const created = await rest('POST', `/subjects/${subject}/versions`,
-    { schema: JSON.stringify(SCHEMA) });
+  const created = await rest('POST', `/subjects/${subject}/versions`, {
+    schema: JSON.stringify(SCHEMA),
+  });
   assert.equal(created.status, 200, JSON.stringify(created.body));
 
   // No subject-level config yet. Apicurio answers 200 with the GLOBAL level in
@@ -117,79 +126,93 @@ test('schema registry: per-subject compatibility over REST', async () => {
   assert.deepEqual(put.body, { compatibilityLevel: 'BACKWARD' });
 
   // The GET form is the same on both registries, with or without defaultToGlobal.
-  assert.deepEqual((await rest('GET', `/config/${subject}`)).body,
-    { compatibilityLevel: 'BACKWARD' });
-  assert.deepEqual((await rest('GET', `/config/${subject}?defaultToGlobal=true`)).body,
-    { compatibilityLevel: 'BACKWARD' });
+  assert.deepEqual((await rest('GET', `/config/${subject}`)).body, {
+    compatibilityLevel: 'BACKWARD',
+  });
+  assert.deepEqual((await rest('GET', `/config/${subject}?defaultToGlobal=true`)).body, {
+    compatibilityLevel: 'BACKWARD',
+  });
 
   // And the level is enforced: a new required field without default breaks BACKWARD.
   const breaking = { ...SCHEMA, fields: [...SCHEMA.fields, { name: 'extra', type: 'string' }] };
-  const rejected = await rest('POST', `/subjects/${subject}/versions`,
-    { schema: JSON.stringify(breaking) });
+  const rejected = await rest('POST', `/subjects/${subject}/versions`, {
+    schema: JSON.stringify(breaking),
+  });
   assert.equal(rejected.status, 409, JSON.stringify(rejected.body));
   assert.equal(rejected.body.error_code, 409);
 });
 
-test('kafka: 3 partitions, idempotent acks=-1 producer, consumer group', { timeout: 120_000 },
+test(
+  'kafka: 3 partitions, idempotent acks=-1 producer, consumer group',
+  { timeout: 120_000 },
   async () => {
-  const kafka = new Kafka({
-    clientId: 'tcpaudit-stack-contract',
-    brokers: endpoints.brokers,
-    // ERROR, not NOTHING: right after a cold start kafkajs logs "coordinator is loading" once
-    // or twice and retries by itself; anything else here is worth seeing.
-    logLevel: logLevel.ERROR,
-  });
-  const topic = unique('tcpaudit.contract');
-  const admin = kafka.admin();
-  const producer = kafka.producer({
-    idempotent: true,
-    maxInFlightRequests: 1,
-    createPartitioner: Partitioners.DefaultPartitioner,
-  });
-  const consumer = kafka.consumer({ groupId: unique('tcpaudit.contract.group') });
-  await admin.connect();
-  try {
-    const created = await admin.createTopics({
-      topics: [{ topic, numPartitions: 3, replicationFactor: 1 }],
-      waitForLeaders: true,
+    const kafka = new Kafka({
+      clientId: 'tcpaudit-stack-contract',
+      brokers: endpoints.brokers,
+      // ERROR, not NOTHING: right after a cold start kafkajs logs "coordinator is loading" once
+      // or twice and retries by itself; anything else here is worth seeing.
+      logLevel: logLevel.ERROR,
     });
-    assert.equal(created, true);
-    const meta = await admin.fetchTopicMetadata({ topics: [topic] });
-    assert.equal(meta.topics[0]?.partitions.length, 3);
-
-    const sent = Array.from({ length: 30 }, (_, i) => ({ key: `conn-${i}`, value: `event-${i}` }));
-    await producer.connect();
-    const acks = await producer.send({ topic, acks: -1, messages: sent });
-    assert.ok(acks.every((a) => a.errorCode === 0));
-    const offsets = await admin.fetchTopicOffsets(topic);
-    const total = offsets.reduce((n, p) => n + Number(p.high) - Number(p.low), 0);
-    assert.equal(total, sent.length);
-    assert.ok(offsets.filter((p) => Number(p.high) > 0).length > 1, 'keys should spread');
-
-    const got = new Map<string, { value: string; partition: number }>();
-    await consumer.connect();
-    await consumer.subscribe({ topic, fromBeginning: true });
-    const allIn = new Promise<void>((resolve) => {
-      void consumer.run({
-        eachMessage: async ({ partition, message }) => {
-          got.set(String(message.key), { value: String(message.value), partition });
-          if (got.size === sent.length) resolve();
-        },
+    const topic = unique('tcpaudit.contract');
+    const admin = kafka.admin();
+    const producer = kafka.producer({
+      idempotent: true,
+      maxInFlightRequests: 1,
+      createPartitioner: Partitioners.DefaultPartitioner,
+    });
+    const consumer = kafka.consumer({ groupId: unique('tcpaudit.contract.group') });
+    await admin.connect();
+    try {
+      const created = await admin.createTopics({
+        topics: [{ topic, numPartitions: 3, replicationFactor: 1 }],
+        waitForLeaders: true,
       });
-    });
-    const timeout = new Promise<never>((_, reject) => setTimeout(
-      () => reject(new Error(`consumed ${got.size}/${sent.length} in 60 s`)), 60_000).unref());
-    await Promise.race([allIn, timeout]);
-    assert.deepEqual(
-      [...got.entries()].map(([key, v]) => ({ key, value: v.value })).sort((a, b) =>
-        a.key.localeCompare(b.key)),
-      [...sent].sort((a, b) => a.key.localeCompare(b.key)),
-    );
-    assert.ok(new Set([...got.values()].map((v) => v.partition)).size > 1);
-  } finally {
-    await consumer.disconnect().catch(() => undefined);
-    await producer.disconnect().catch(() => undefined);
-    await admin.deleteTopics({ topics: [topic] }).catch(() => undefined);
-    await admin.disconnect().catch(() => undefined);
-  }
-});
+      assert.equal(created, true);
+      const meta = await admin.fetchTopicMetadata({ topics: [topic] });
+      assert.equal(meta.topics[0]?.partitions.length, 3);
+
+      const sent = Array.from({ length: 30 }, (_, i) => ({
+        key: `conn-${i}`,
+        value: `event-${i}`,
+      }));
+      await producer.connect();
+      const acks = await producer.send({ topic, acks: -1, messages: sent });
+      assert.ok(acks.every((a) => a.errorCode === 0));
+      const offsets = await admin.fetchTopicOffsets(topic);
+      const total = offsets.reduce((n, p) => n + Number(p.high) - Number(p.low), 0);
+      assert.equal(total, sent.length);
+      assert.ok(offsets.filter((p) => Number(p.high) > 0).length > 1, 'keys should spread');
+
+      const got = new Map<string, { value: string; partition: number }>();
+      await consumer.connect();
+      await consumer.subscribe({ topic, fromBeginning: true });
+      const allIn = new Promise<void>((resolve) => {
+        void consumer.run({
+          eachMessage: async ({ partition, message }) => {
+            got.set(String(message.key), { value: String(message.value), partition });
+            if (got.size === sent.length) resolve();
+          },
+        });
+      });
+      const timeout = new Promise<never>((_, reject) =>
+        setTimeout(
+          () => reject(new Error(`consumed ${got.size}/${sent.length} in 60 s`)),
+          60_000,
+        ).unref(),
+      );
+      await Promise.race([allIn, timeout]);
+      assert.deepEqual(
+        [...got.entries()]
+          .map(([key, v]) => ({ key, value: v.value }))
+          .sort((a, b) => a.key.localeCompare(b.key)),
+        [...sent].sort((a, b) => a.key.localeCompare(b.key)),
+      );
+      assert.ok(new Set([...got.values()].map((v) => v.partition)).size > 1);
+    } finally {
+      await consumer.disconnect().catch(() => undefined);
+      await producer.disconnect().catch(() => undefined);
+      await admin.deleteTopics({ topics: [topic] }).catch(() => undefined);
+      await admin.disconnect().catch(() => undefined);
+    }
+  },
+);

@@ -23,7 +23,7 @@ export function ipv6Text(buf: Buffer, at: number): string {
   // Leftmost longest run of zero groups; a single zero group stays "0" per RFC 5952 4.2.2.
   let bestStart = -1;
   let bestLen = 1;
-  for (let i = 0; i < 8; ) {
+  for (let i = 0; i < 8;) {
     if (groups[i] !== 0) {
       i++;
       continue;

@@ -257,8 +257,7 @@ export function startCapture(options: CaptureOptions): CaptureHandle {
   // Losses after the last delivered record: only the counters show them. Claimed when the
   // ring has been drained since (idle for a check period, or the capture stopped).
   const checkTail = (counters: NativeStats) => {
-    const unexplained =
-      counters.kernelLost + counters.userDropped - seqs.reported - seqs.pending();
+    const unexplained = counters.kernelLost + counters.userDropped - seqs.reported - seqs.pending();
     if (unexplained > 0) report([seqs.takeTail(unexplained)], counters);
   };
 

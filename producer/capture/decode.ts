@@ -62,7 +62,9 @@ function u64BigInt(buf: Buffer, at: number): bigint {
 }
 
 function u64Hex(buf: Buffer, at: number): string {
-  return buf.readUInt32LE(at + 4) === 0 ? buf.readUInt32LE(at).toString(16) : buf.readBigUInt64LE(at).toString(16);
+  return buf.readUInt32LE(at + 4) === 0
+    ? buf.readUInt32LE(at).toString(16)
+    : buf.readBigUInt64LE(at).toString(16);
 }
 
 // One run id per capture: its connId prefix is built once, not once per event.
