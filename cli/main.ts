@@ -33,7 +33,20 @@ function isUsageError(err: unknown): boolean {
   );
 }
 
+/**
+ * A reader that goes away must not cost data. Logs on stderr: when the pipe behind them closes
+ * (`make run | tee` and a Ctrl-C that ends tee first), shutdown goes on without its logs.
+ * Data on stdout (`tcpaudit capture | head`): the command stops as if told to, cleanly.
+ */
+function surviveClosedPipes(): void {
+  process.stderr.on('error', () => undefined);
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.kill(process.pid, 'SIGTERM');
+  });
+}
+
 export async function main(argv: string[]): Promise<number> {
+  surviveClosedPipes();
   const [name, ...rest] = argv;
   if (!name || name === '-h' || name === '--help' || name === 'help') {
     process.stdout.write(HELP);

@@ -7,6 +7,10 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 cli=(node "$root/bin/tcpaudit.js")
 
+# When output goes through a pipe (make run | tee), Ctrl-C may end the reader first: a write to
+# the closed pipe must not kill this script before it has told the producer to flush.
+trap '' PIPE
+
 "${cli[@]}" stack up
 eval "$("${cli[@]}" stack env)"
 export PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE KAFKA_BROKERS SCHEMA_REGISTRY_URL
@@ -23,8 +27,8 @@ stop() {
 	# Once only: a second TERM tells them to exit without flushing.
 	((stopping)) && return
 	stopping=1
-	echo "run: stopping producer and processor" >&2
 	kill -TERM "$producer" "$processor" 2>/dev/null || true
+	echo "run: stopping producer and processor" >&2 || true
 }
 trap stop INT TERM
 
