@@ -8,6 +8,7 @@ import { promisify } from 'node:util';
 import { Client } from 'pg';
 import { endpoints, uniqueName, type Endpoints } from './harness';
 import { ROOT, runCli, type Running } from './processes';
+import { freshDatabase, type TestDatabase } from './processor-helpers';
 
 const run = promisify(execFile);
 const CLIENT = path.join(ROOT, 'test', 'fixtures', 'tcp-client.py');
@@ -47,11 +48,14 @@ let stack: Endpoints;
 let producer: Running;
 let processor: Running;
 let db: Client;
+let database: TestDatabase;
 
 before(async () => {
   stack = await endpoints();
+  // A database of its own: the test's rows must not mix with those of `make run`.
+  database = await freshDatabase(stack.env);
   const topic = uniqueName('tcpaudit.e2e');
-  const env = { ...stack.env, TCPAUDIT_TOPIC: topic, TCPAUDIT_GROUP: uniqueName('e2e') };
+  const env = { ...database.env, TCPAUDIT_TOPIC: topic, TCPAUDIT_GROUP: uniqueName('e2e') };
   processor = runCli(['process'], env);
   producer = runCli(['produce', '--partitions', '3'], env);
   await Promise.all([producer.waitForLog('producing'), processor.waitForLog('consuming')]);
@@ -60,7 +64,7 @@ before(async () => {
     port: Number(stack.env.PGPORT),
     user: stack.env.PGUSER,
     password: stack.env.PGPASSWORD,
-    database: stack.env.PGDATABASE,
+    database: database.name,
   });
   await db.connect();
 });
@@ -68,6 +72,7 @@ before(async () => {
 after(async () => {
   await db?.end();
   const codes = await Promise.all([producer?.stop(), processor?.stop()]);
+  await database?.drop();
   assert.deepEqual(codes, [0, 0], 'producer and processor stop cleanly on SIGTERM');
 });
 
