@@ -40,30 +40,7 @@ const volatile struct tcpaudit_cidr filter_cidrs[TCPAUDIT_MAX_CIDRS] = {};
 __u64 next_seq = 0;
 __u64 next_conn = 0;
 
-/* Who owns a socket and which connection it belongs to (socket-local storage). */
-struct sock_info {
-	__u64 conn_id;
-	__u64 cgroup_id;
-	__u32 pid;
-	__u32 tid;
-	__u32 uid;
-	__u32 netns;
-	__u8 proc_source;
-	__u8 active;    /* opened by connect(): its SYN counts in bytes_acked */
-	__u8 closed;    /* reached TCP_CLOSE: the next transition starts a new connection */
-	__u8 born;      /* 0 in fresh storage: the socket has not been seen yet */
-	__u8 pad[4];
-	char comm[TCPAUDIT_COMM_LEN];
-	__u64 sock_inode; /* remembered: the file is gone by the time an orphan closes */
-	__u32 sock_uid;
-	__u32 sock_gid;
-};
-
-struct listener_key {
-	__u32 netns;
-	__u16 port;
-	__u16 pad;
-};
+/* The per-socket state and the listener key are shared with the loader: see tcpaudit.h. */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -80,15 +57,21 @@ struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
-	__type(value, struct sock_info);
+	__type(value, struct tcpaudit_sock_info);
 } socks SEC(".maps");
 
-/* Process recorded at listen(), for children that become ESTABLISHED in softirq. */
+/*
+ * Process recorded at listen(), for children that become ESTABLISHED in softirq; the loader
+ * seeds the listeners that predate the capture. A plain hash, not an LRU: entries leave at
+ * LISTEN->CLOSE, so the map holds live listeners, and an idle one (sshd at night, a seeded
+ * one that has not accepted yet) must not be evicted by others. When full, an update fails
+ * and counts in TCPAUDIT_LOSS_LISTENER_MAP instead of silently dropping an older listener.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct listener_key);
-	__type(value, struct sock_info);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TCPAUDIT_MAX_LISTENERS);
+	__type(key, struct tcpaudit_listener_key);
+	__type(value, struct tcpaudit_sock_info);
 } listeners SEC(".maps");
 
 /* Loss counters, summed over CPUs by the loader (index: enum tcpaudit_loss). */
@@ -108,7 +91,7 @@ static __always_inline void count_loss(__u32 idx)
 }
 
 
-static __always_inline void fill_current(struct sock_info *info, __u8 source)
+static __always_inline void fill_current(struct tcpaudit_sock_info *info, __u8 source)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 
@@ -121,11 +104,11 @@ static __always_inline void fill_current(struct sock_info *info, __u8 source)
 }
 
 /* First sight of a socket: give it a connection id and find the process it belongs to. */
-static __always_inline void birth(struct sock_info *info, __u32 netns,
+static __always_inline void birth(struct tcpaudit_sock_info *info, __u32 netns,
 				  __u16 sport, int oldstate, int newstate)
 {
-	struct listener_key lkey = { .netns = netns, .port = sport };
-	struct sock_info *listener;
+	struct tcpaudit_listener_key lkey = { .netns = netns, .port = sport };
+	struct tcpaudit_sock_info *listener;
 
 	__builtin_memset(info, 0, sizeof(*info));
 	info->born = 1;
@@ -147,7 +130,8 @@ static __always_inline void birth(struct sock_info *info, __u32 netns,
 			info->tid = listener->tid;
 			info->uid = listener->uid;
 			info->cgroup_id = listener->cgroup_id;
-			info->proc_source = TCPAUDIT_PROC_LISTENER;
+			info->proc_source = listener->proc_source == TCPAUDIT_PROC_SEEDED ?
+					    TCPAUDIT_PROC_SEEDED : TCPAUDIT_PROC_LISTENER;
 			__builtin_memcpy(info->comm, listener->comm, sizeof(info->comm));
 			return;
 		}
@@ -184,7 +168,7 @@ static __always_inline void read_addrs(__u8 *saddr, __u8 *daddr, __u16 family,
  * after bytes_received has counted it; RCV_SHUTDOWN alone would also be set by close().
  */
 static __always_inline void read_counters(struct tcpaudit_event *e, const struct sock *sk,
-					  const struct tcp_sock *tp, const struct sock_info *info,
+					  const struct tcp_sock *tp, const struct tcpaudit_sock_info *info,
 					  int oldstate)
 {
 	__u64 acked = 0, received = 0;
@@ -219,7 +203,7 @@ static __always_inline void read_counters(struct tcpaudit_event *e, const struct
 }
 
 /* Socket file identity: inode, and the fsgid of whoever opened it; 0 without a file. */
-static __always_inline void read_identity(struct sock_info *info, const struct sock *sk)
+static __always_inline void read_identity(struct tcpaudit_sock_info *info, const struct sock *sk)
 {
 	struct socket *sock;
 	struct file *file;
@@ -308,7 +292,7 @@ static __always_inline bool port_wanted(__u16 sport, __u16 dport)
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(handle_set_state, struct sock *sk, int oldstate, int newstate)
 {
-	struct sock_info fresh, *info;
+	struct tcpaudit_sock_info fresh, *info;
 	struct tcpaudit_event *e;
 	struct tcp_sock *tp;
 	__u64 seq, avail;
@@ -349,12 +333,12 @@ int BPF_PROG(handle_set_state, struct sock *sk, int oldstate, int newstate)
 		info->closed = 1;
 
 	if (newstate == TCP_LISTEN) {
-		struct listener_key lkey = { .netns = netns, .port = sport };
+		struct tcpaudit_listener_key lkey = { .netns = netns, .port = sport };
 
 		if (bpf_map_update_elem(&listeners, &lkey, info, BPF_ANY))
 			count_loss(TCPAUDIT_LOSS_LISTENER_MAP);
 	} else if (newstate == TCP_CLOSE && oldstate == TCP_LISTEN) {
-		struct listener_key lkey = { .netns = netns, .port = sport };
+		struct tcpaudit_listener_key lkey = { .netns = netns, .port = sport };
 
 		bpf_map_delete_elem(&listeners, &lkey);
 	}

@@ -33,6 +33,41 @@ enum tcpaudit_proc_source {
 	TCPAUDIT_PROC_OWNER = 1,    /* recorded at connect()/listen() in the owner's context */
 	TCPAUDIT_PROC_LISTENER = 2, /* passive open: copied from the listener's record */
 	TCPAUDIT_PROC_CURRENT = 3,  /* first seen in a syscall-driven transition: current */
+	TCPAUDIT_PROC_SEEDED = 4,   /* passive open: listener predates the capture, read from /proc */
+};
+
+/* Entries of the "listeners" map: one per (netns, port) in LISTEN. */
+#define TCPAUDIT_MAX_LISTENERS 16384
+
+/*
+ * Who owns a socket and which connection it belongs to (socket-local storage), and, keyed by
+ * struct tcpaudit_listener_key, the process behind a listening port: the loader writes these
+ * for listeners that predate the capture (proc_source TCPAUDIT_PROC_SEEDED, tid = pid).
+ */
+struct tcpaudit_sock_info {
+	__u64 conn_id;
+	__u64 cgroup_id;
+	__u32 pid;
+	__u32 tid;
+	__u32 uid;
+	__u32 netns;
+	__u8 proc_source;
+	__u8 active;    /* opened by connect(): its SYN counts in bytes_acked */
+	__u8 closed;    /* reached TCP_CLOSE: the next transition starts a new connection */
+	__u8 born;      /* 0 in fresh storage: the socket has not been seen yet */
+	__u8 pad[4];
+	char comm[TCPAUDIT_COMM_LEN];
+	__u64 sock_inode; /* remembered: the file is gone by the time an orphan closes */
+	__u32 sock_uid;
+	__u32 sock_gid;
+};
+#define TCPAUDIT_SOCK_INFO_SIZE 72
+
+/* Port in host order (as the tracepoint reports it), netns is the namespace's inode. */
+struct tcpaudit_listener_key {
+	__u32 netns;
+	__u16 port;
+	__u16 pad;
 };
 
 /* Slots of the per-CPU "losses" array: every way the kernel side can lose information. */
@@ -81,8 +116,12 @@ struct tcpaudit_event {
 
 #ifdef __cplusplus
 static_assert(sizeof(struct tcpaudit_event) == TCPAUDIT_RECORD_SIZE, "record size drifted");
+static_assert(sizeof(struct tcpaudit_sock_info) == TCPAUDIT_SOCK_INFO_SIZE, "sock_info drifted");
+static_assert(sizeof(struct tcpaudit_listener_key) == 8, "listener key drifted");
 #else
 _Static_assert(sizeof(struct tcpaudit_event) == TCPAUDIT_RECORD_SIZE, "record size drifted");
+_Static_assert(sizeof(struct tcpaudit_sock_info) == TCPAUDIT_SOCK_INFO_SIZE, "sock_info drifted");
+_Static_assert(sizeof(struct tcpaudit_listener_key) == 8, "listener key drifted");
 #endif
 
 #endif /* TCPAUDIT_H */

@@ -16,7 +16,9 @@ const HELP = `Usage: tcpaudit capture [options]
 Prints every TCP state change on this host as one JSON line on stdout (64-bit counters and
 timeNs as decimal strings). Stats go to stderr as JSON every 10 s and at the end, and every
 lost record is reported on stderr as {"loss": {"seqFrom", "seqTo", "missing", "kernelLost",
-"userDropped"}}. Needs root, or CAP_BPF and CAP_PERFMON ("tcpaudit doctor" checks).
+"userDropped"}}. Servers already listening at start are found in /proc, so the connections
+they accept carry their process ("procSource":"listener-seeded"); {"listeners": {...}} on
+stderr says how many were seeded, in how long, and why any could not be. Needs root, or CAP_BPF and CAP_PERFMON ("tcpaudit doctor" checks).
 
 Filters run in the kernel (filtered events cost no ring space and take no sequence number);
 an event is printed when it passes every kind given, and any one value of a kind:
@@ -28,6 +30,7 @@ an event is printed when it passes every kind given, and any one value of a kind
 
 Options:
   --ring-bytes N   kernel ring buffer size, a power of two (default ${DEFAULT_RING_BYTES})
+  --no-seed        do not look for listeners that predate the capture in /proc
   --verbose        show libbpf's log on stderr
   -h, --help       this text
 `;
@@ -71,6 +74,7 @@ export async function runCapture(argv: string[]): Promise<number> {
       cidr: { type: 'string', multiple: true },
       netns: { type: 'string' },
       verbose: { type: 'boolean', default: false },
+      'no-seed': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -113,6 +117,7 @@ export async function runCapture(argv: string[]): Promise<number> {
     capture = startCapture({
       ringBytes,
       libbpfVerbose: values.verbose,
+      seedListeners: !values['no-seed'],
       ...requested,
       onEvents: (events) => {
         if (events.length === 0) return;
@@ -140,6 +145,11 @@ export async function runCapture(argv: string[]): Promise<number> {
   }
   process.stderr.write(
     `${JSON.stringify({ attached: { runId: capture.runId.toString(), ringBytes, ...requested } })}\n`,
+  );
+
+  // Listeners that predate us, seeded from /proc: how many, how long, and why any are missing.
+  void capture.listeners.then((report) =>
+    process.stderr.write(`${JSON.stringify({ listeners: report })}\n`),
   );
 
   const timer = setInterval(() => writeStats(false, capture), STATS_EVERY_MS);

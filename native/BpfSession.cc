@@ -49,8 +49,14 @@ BpfSession::BpfSession(const std::string &objectPath, const SessionConfig &confi
 
     bpf_map *events = bpf_object__find_map_by_name(mObj, "events");
     mLosses = bpf_object__find_map_by_name(mObj, "losses");
-    if (!events || !mLosses) {
+    mListeners = bpf_object__find_map_by_name(mObj, "listeners");
+    if (!events || !mLosses || !mListeners) {
       throw std::runtime_error("failed to find maps in " + objectPath + ": wrong object?");
+    }
+    if (bpf_map__key_size(mListeners) != sizeof(tcpaudit_listener_key) ||
+        bpf_map__value_size(mListeners) != sizeof(tcpaudit_sock_info)) {
+      throw std::runtime_error("listeners map of " + objectPath + " does not match this addon: "
+                               "run scripts/setup-capture.sh");
     }
     int err = bpf_map__set_max_entries(events, static_cast<uint32_t>(config.ringBytes));
     if (err) {
@@ -93,6 +99,7 @@ void BpfSession::destroy() {
     mObj = nullptr;
   }
   mLosses = nullptr;
+  mListeners = nullptr;
   mEventsFd = -1;
   mProgFd = -1;
 }
@@ -182,6 +189,42 @@ void BpfSession::setRodata(const SessionConfig &config) {
   if (err) {
     throw failure("set .rodata", err);
   }
+}
+
+SeedResult BpfSession::seedListeners(const std::vector<ListenerSeed> &seeds) {
+  SeedResult out;
+  if (!mListeners) {
+    out.failed = static_cast<uint32_t>(seeds.size());
+    out.firstError = ESRCH;
+    return out;
+  }
+  for (const ListenerSeed &seed : seeds) {
+    tcpaudit_listener_key key{};
+    key.netns = seed.netns;
+    key.port = seed.port;
+    tcpaudit_sock_info value{};
+    value.pid = seed.pid;
+    value.tid = seed.pid;
+    value.uid = seed.uid;
+    value.netns = seed.netns;
+    value.cgroup_id = seed.cgroupId;
+    value.proc_source = TCPAUDIT_PROC_SEEDED;
+    value.born = 1;
+    memcpy(value.comm, seed.comm, sizeof(value.comm));
+    int err = bpf_map__update_elem(mListeners, &key, sizeof(key), &value, sizeof(value),
+                                   BPF_NOEXIST);
+    if (err == 0) {
+      out.inserted++;
+    } else if (err == -EEXIST) {
+      out.existed++;
+    } else {
+      out.failed++;
+      if (!out.firstError) {
+        out.firstError = -err;
+      }
+    }
+  }
+  return out;
 }
 
 KernelLosses BpfSession::losses() const {

@@ -30,6 +30,24 @@ struct SessionConfig {
   std::vector<tcpaudit_cidr> filterCidrs;  // at most TCPAUDIT_MAX_CIDRS; empty: every address
 };
 
+// A listener that predates the capture, as the loader found it in /proc.
+struct ListenerSeed {
+  uint32_t netns = 0;  // namespace inode
+  uint16_t port = 0;   // host order
+  uint32_t pid = 0;    // tgid; also written as tid (which thread called listen() is unknown)
+  uint32_t uid = 0;
+  uint64_t cgroupId = 0;
+  char comm[TCPAUDIT_COMM_LEN] = {};
+};
+
+// What seedListeners() did with each entry.
+struct SeedResult {
+  uint32_t inserted = 0;
+  uint32_t existed = 0;  // the program recorded a listen() on that key first: its entry wins
+  uint32_t failed = 0;   // map full or another error; firstError holds the first errno
+  int firstError = 0;
+};
+
 // The kernel's run statistics of our program (non-zero only with kernel.bpf_stats_enabled=1).
 struct ProgramStats {
   uint64_t runTimeNs = 0;
@@ -50,6 +68,9 @@ public:
   int eventsFd() const { return mEventsFd; }
   KernelLosses losses() const;
   ProgramStats programStats() const;
+  // Writes each seed into the listeners map with BPF_NOEXIST, so an entry the program made
+  // since attaching (a newer listen() on the same port) is never overwritten.
+  SeedResult seedListeners(const std::vector<ListenerSeed> &seeds);
 
 private:
   void setRodata(const SessionConfig &config);
@@ -58,6 +79,7 @@ private:
   bpf_object *mObj = nullptr;
   bpf_link *mLink = nullptr;
   bpf_map *mLosses = nullptr;
+  bpf_map *mListeners = nullptr;
   int mProgFd = -1;
   int mEventsFd = -1;
 };

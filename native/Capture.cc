@@ -3,6 +3,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -19,6 +20,7 @@ Napi::Function Capture::define(Napi::Env env) {
                          InstanceMethod<&Capture::runId>("runId"),
                          InstanceMethod<&Capture::close>("close"),
                          InstanceMethod<&Capture::pause>("pause"),
+                         InstanceMethod<&Capture::seedListeners>("seedListeners"),
                      });
 }
 
@@ -181,6 +183,76 @@ Napi::Value Capture::pause(const Napi::CallbackInfo &info) {
     mDrain->setPaused(info.Length() > 0 && info[0].ToBoolean().Value());
   }
   return info.Env().Undefined();
+}
+
+// Every entry is read and checked before any is written, so a bad one writes nothing.
+static ListenerSeed readSeed(Napi::Env env, Napi::Value item) {
+  auto bad = [&](const char *what) {
+    return Napi::TypeError::New(env, std::string("seedListeners: ") + what);
+  };
+  if (!item.IsObject()) {
+    throw bad("entries must be objects");
+  }
+  Napi::Object o = item.As<Napi::Object>();
+  auto u32 = [&](const char *name, double max) -> uint32_t {
+    Napi::Value v = o.Get(name);
+    if (!v.IsNumber()) {
+      throw bad((std::string(name) + " must be a number").c_str());
+    }
+    double d = v.As<Napi::Number>().DoubleValue();
+    if (!(d >= 0 && d <= max) || d != static_cast<double>(static_cast<uint64_t>(d))) {
+      throw bad((std::string(name) + " out of range").c_str());
+    }
+    return static_cast<uint32_t>(d);
+  };
+  ListenerSeed seed;
+  seed.netns = u32("netns", 4294967295.0);
+  seed.port = static_cast<uint16_t>(u32("port", 65535));
+  seed.pid = u32("pid", 4294967295.0);
+  seed.uid = u32("uid", 4294967295.0);
+  Napi::Value cgroup = o.Get("cgroupId");
+  if (!cgroup.IsBigInt()) {
+    throw bad("cgroupId must be a bigint");
+  }
+  bool lossless = false;
+  seed.cgroupId = cgroup.As<Napi::BigInt>().Uint64Value(&lossless);
+  if (!lossless) {
+    throw bad("cgroupId out of range");
+  }
+  Napi::Value comm = o.Get("comm");
+  if (!comm.IsString()) {
+    throw bad("comm must be a string");
+  }
+  // truncated like the kernel's task comm: at most 15 bytes and a NUL
+  std::string text = comm.As<Napi::String>().Utf8Value();
+  memcpy(seed.comm, text.data(), std::min(text.size(), sizeof(seed.comm) - 1));
+  return seed;
+}
+
+Napi::Value Capture::seedListeners(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsArray()) {
+    throw Napi::TypeError::New(env, "seedListeners(entries) expected an array");
+  }
+  Napi::Array list = info[0].As<Napi::Array>();
+  if (list.Length() > TCPAUDIT_MAX_LISTENERS) {
+    throw Napi::RangeError::New(env, "seedListeners: more entries than the listeners map holds");
+  }
+  std::vector<ListenerSeed> seeds;
+  seeds.reserve(list.Length());
+  for (uint32_t i = 0; i < list.Length(); i++) {
+    seeds.push_back(readSeed(env, list.Get(i)));
+  }
+  if (!mSession) {
+    throw Napi::Error::New(env, "seedListeners: the capture is closed");
+  }
+  SeedResult result = mSession->seedListeners(seeds);
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("inserted", Napi::Number::New(env, result.inserted));
+  out.Set("existed", Napi::Number::New(env, result.existed));
+  out.Set("failed", Napi::Number::New(env, result.failed));
+  out.Set("firstError", Napi::String::New(env, result.firstError ? strerror(result.firstError) : ""));
+  return out;
 }
 
 Napi::Value Capture::close(const Napi::CallbackInfo &info) {

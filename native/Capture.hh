@@ -28,6 +28,10 @@ private:
   // pause(true) stops draining the ring (the kernel side then fills it and counts losses);
   // for tests and diagnostics only. pause(false) resumes.
   Napi::Value pause(const Napi::CallbackInfo &info);
+  // seedListeners([{netns, port, pid, uid, cgroupId: bigint, comm}]) -> {inserted, existed,
+  // failed, firstError}: listeners that predate the capture (see producer/capture/listeners.ts,
+  // which validates them first). Throws TypeError on a malformed entry, writing none.
+  Napi::Value seedListeners(const Napi::CallbackInfo &info);
 
   // Idempotent: joins the drain thread first (it uses the ring), then frees the BPF side.
   void shutdown();

@@ -1,12 +1,19 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
-import type { TcpEvent } from '../../common/event';
 import { parseCidr, type Cidr } from './address';
-import { decodeBatch, defaultContext, type DecodeContext } from './decode';
+import { decodeBatch, defaultContext, type CapturedEvent, type DecodeContext } from './decode';
+import {
+  DEFAULT_SEED_BUDGET_MS,
+  scanListeners,
+  validateSeeds,
+  type ListenerScan,
+  type ListenerSeed,
+} from './listeners';
 import { LAYOUT_VERSION, MAX_FILTER_CIDRS, MAX_FILTER_PORTS, RECORD_SIZE } from './layout';
 import { SeqTracker, type LossInfo } from './loss';
 
 export type { LossInfo } from './loss';
+export type { CapturedEvent, ProcSource } from './decode';
 
 /** Default kernel ring buffer: 8 MiB holds about 50,000 records between two 10 ms drains. */
 export const DEFAULT_RING_BYTES = 8 << 20;
@@ -28,8 +35,15 @@ export interface CaptureOptions {
   filterPorts?: number[];
   filterCidrs?: string[];
   filterNetns?: number;
+  /**
+   * Seed the listeners map from /proc right after attaching (default true), so connections
+   * accepted by servers that were listening before the capture started carry their process.
+   * The scan stops after `seedBudgetMs` (default 2000); the result is `handle.listeners`.
+   */
+  seedListeners?: boolean;
+  seedBudgetMs?: number;
   /** Called on the main thread once per batch, in ring order. */
-  onEvents: (events: TcpEvent[]) => void;
+  onEvents: (events: CapturedEvent[]) => void;
   /**
    * Called once per confirmed loss: a range of sequence numbers that will never arrive (a
    * gap confirmed one batch later, or, when the counters grew past the gaps and the ring has
@@ -70,9 +84,29 @@ export interface CaptureStats {
   lossReported: number;
 }
 
+/** What seeding the listeners map from /proc did; never a reason for capture to fail. */
+export interface ListenerSeedReport extends Omit<ListenerScan, 'seeds'> {
+  /** Entries written to the listeners map. */
+  seeded: number;
+  /** Keys the program had filled since attaching (a newer listen()): left as they were. */
+  alreadyKnown: number;
+  /** Writes that failed (map full...); firstError says why. */
+  failed: number;
+  firstError: string;
+  elapsedMs: number;
+  /** Why some or all listeners have no process, in words; '' when every one has. */
+  why: string;
+}
+
 export interface CaptureHandle {
   /** Per-load id mixed into every connId (see decode.ts connectionId). */
   readonly runId: bigint;
+  /**
+   * Settles once listeners that predate the capture are seeded (or seeding was skipped or
+   * failed, which the report says): connections accepted after that carry their process.
+   * Never rejects.
+   */
+  readonly listeners: Promise<ListenerSeedReport>;
   stats(): CaptureStats;
   /**
    * Stops (true) or resumes (false) draining the kernel ring, which then fills up and loses
@@ -101,6 +135,12 @@ interface NativeCapture {
   runId(): bigint;
   pause(paused: boolean): void;
   close(): void;
+  seedListeners(seeds: ListenerSeed[]): {
+    inserted: number;
+    existed: number;
+    failed: number;
+    firstError: string;
+  };
 }
 
 interface NativeOptions {
@@ -204,6 +244,86 @@ export function validateFilters(options: {
   };
 }
 
+/** Why listeners stayed without a process, for the log line; '' when none did. */
+function seedWhy(scan: ListenerScan, failed: number, firstError: string): string {
+  const why: string[] = [];
+  if (scan.skipped) why.push(`seeding skipped: ${scan.skipped}`);
+  if (scan.unattributed > 0) {
+    why.push(
+      `${scan.unattributed} listening sockets without a process` +
+        (scan.fdUnreadable > 0
+          ? `: the fds of ${scan.fdUnreadable} processes are not readable ` +
+            '(other users need CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH, or root)'
+          : ': no process holds them (exited, or passed in flight)'),
+    );
+  }
+  if (scan.netnsUnreadable > 0) {
+    why.push(`the network namespace of ${scan.netnsUnreadable} processes is not readable`);
+  }
+  if (scan.truncated) why.push('the scan hit its time or count limit');
+  if (failed > 0) why.push(`${failed} map writes failed: ${firstError}`);
+  return why.join('; ');
+}
+
+/** Scans /proc and seeds the map; any failure ends up in the report, never thrown. */
+async function seed(
+  capture: NativeCapture,
+  filters: { filterNetns: number; filterPorts: number[] },
+  budgetMs: number,
+): Promise<ListenerSeedReport> {
+  const started = performance.now();
+  const empty: ListenerScan = {
+    seeds: [],
+    sockets: 0,
+    unattributed: 0,
+    fdUnreadable: 0,
+    netnsUnreadable: 0,
+    namespaces: 0,
+    processes: 0,
+    truncated: false,
+    skipped: '',
+  };
+  let scan = empty;
+  let result = { inserted: 0, existed: 0, failed: 0, firstError: '' };
+  try {
+    scan = await scanListeners({
+      netns: filters.filterNetns,
+      ports: filters.filterPorts,
+      budgetMs,
+    });
+    result = capture.seedListeners(validateSeeds(scan.seeds));
+  } catch (err) {
+    scan = { ...scan, skipped: scan.skipped || `seeding failed: ${(err as Error).message}` };
+  }
+  const { seeds, ...counts } = scan;
+  return {
+    ...counts,
+    seeded: result.inserted,
+    alreadyKnown: result.existed,
+    failed: result.failed + (scan.skipped ? seeds.length : 0),
+    firstError: result.firstError,
+    elapsedMs: Math.round(performance.now() - started),
+    why: seedWhy(scan, result.failed, result.firstError),
+  };
+}
+
+const seedDisabled: ListenerSeedReport = {
+  sockets: 0,
+  unattributed: 0,
+  fdUnreadable: 0,
+  netnsUnreadable: 0,
+  namespaces: 0,
+  processes: 0,
+  truncated: false,
+  skipped: 'disabled',
+  seeded: 0,
+  alreadyKnown: 0,
+  failed: 0,
+  firstError: '',
+  elapsedMs: 0,
+  why: 'seeding skipped: disabled',
+};
+
 /** How often the counters are compared with the gaps when no batch arrives. */
 const LOSS_CHECK_MS = 1000;
 
@@ -223,6 +343,14 @@ export function startCapture(options: CaptureOptions): CaptureHandle {
   const libbpfVerbose = options.libbpfVerbose ?? false;
   if (typeof libbpfVerbose !== 'boolean') {
     throw new TypeError('startCapture: libbpfVerbose must be a boolean');
+  }
+  const seedListeners = options.seedListeners ?? true;
+  if (typeof seedListeners !== 'boolean') {
+    throw new TypeError('startCapture: seedListeners must be a boolean');
+  }
+  const seedBudgetMs = options.seedBudgetMs ?? DEFAULT_SEED_BUDGET_MS;
+  if (!Number.isInteger(seedBudgetMs) || seedBudgetMs < 0 || seedBudgetMs > 60_000) {
+    throw new RangeError('startCapture: seedBudgetMs must be 0..60000');
   }
   const onError =
     options.onError ?? ((err: Error) => process.emitWarning(err.message, 'TcpauditCapture'));
@@ -263,7 +391,7 @@ export function startCapture(options: CaptureOptions): CaptureHandle {
 
   const onBatch = (buf: Buffer, count: number, clockOffsetNs: bigint) => {
     batchesSinceCheck++;
-    let events: TcpEvent[];
+    let events: CapturedEvent[];
     try {
       ctx.clockOffsetNs = clockOffsetNs;
       events = decodeBatch(buf, count, ctx);
@@ -298,6 +426,10 @@ export function startCapture(options: CaptureOptions): CaptureHandle {
     batchesSinceCheck = 0;
   }, LOSS_CHECK_MS);
   lossTimer.unref();
+  // after attaching: a listen() from now on is the program's, whose entry then wins
+  const listeners = seedListeners
+    ? seed(capture, filters, seedBudgetMs)
+    : Promise.resolve({ ...seedDisabled });
   let stopping: Promise<void> | undefined;
 
   const stop = async () => {
@@ -312,6 +444,7 @@ export function startCapture(options: CaptureOptions): CaptureHandle {
 
   return {
     runId: capture.runId(),
+    listeners,
     stats: () => ({
       ...capture.stats(),
       decodeFailed,

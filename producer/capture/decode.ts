@@ -4,6 +4,21 @@ import { stateName, type TcpEvent } from '../../common/event';
 import { ipv4Text, ipv6Text } from './address';
 import { AF_INET, AF_INET6, COMM_LEN, LAYOUT_VERSION, OFF, RECORD_SIZE } from './layout';
 
+/**
+ * Where an event's process came from (enum tcpaudit_proc_source in bpf/tcpaudit.h):
+ * 'none' (unknown: pid 0), 'owner' (connect()/listen() in the owner's context), 'listener'
+ * (accepted: the listener's process, recorded at listen()), 'current' (first seen in a
+ * syscall), 'listener-seeded' (accepted by a listener that predates the capture, whose process
+ * was read from /proc at start).
+ */
+export const PROC_SOURCES = ['none', 'owner', 'listener', 'current', 'listener-seeded'] as const;
+export type ProcSource = (typeof PROC_SOURCES)[number] | 'unknown';
+
+/** A decoded record: the producer's TcpEvent plus what only the capture layer reports. */
+export interface CapturedEvent extends TcpEvent {
+  procSource: ProcSource;
+}
+
 /** What every record of a batch shares; the caller measures the clock offset per batch. */
 export interface DecodeContext {
   host: string;
@@ -92,13 +107,13 @@ function commText(buf: Buffer, at: number): string {
 }
 
 /** Decodes `count` packed records (bpf/tcpaudit.h) from one batch. Pure but for the context. */
-export function decodeBatch(buf: Buffer, count: number, ctx: DecodeContext): TcpEvent[] {
+export function decodeBatch(buf: Buffer, count: number, ctx: DecodeContext): CapturedEvent[] {
   if (!Number.isSafeInteger(count) || count < 0 || count * RECORD_SIZE > buf.length) {
     throw new RecordLayoutError(
       `batch of ${buf.length} bytes cannot hold ${count} records of ${RECORD_SIZE} bytes`,
     );
   }
-  const events: TcpEvent[] = new Array(count);
+  const events: CapturedEvent[] = new Array(count);
 
   for (let i = 0; i < count; i++) {
     const at = i * RECORD_SIZE;
@@ -132,6 +147,7 @@ export function decodeBatch(buf: Buffer, count: number, ctx: DecodeContext): Tcp
       pid: buf.readUInt32LE(at + OFF.pid),
       tid: buf.readUInt32LE(at + OFF.tid),
       comm: commText(buf, at + OFF.comm),
+      procSource: PROC_SOURCES[buf[at + OFF.procSource]] ?? 'unknown',
       uid: buf.readUInt32LE(at + OFF.uid),
       netns: buf.readUInt32LE(at + OFF.netns),
       cgroupId: u64BigInt(buf, at + OFF.cgroupId),

@@ -30,7 +30,7 @@ export const OFF = {
   dport: 126,
   oldState: 128,
   newState: 129,
-  procSource: 130,
+  procSource: 130, // enum tcpaudit_proc_source; 4 (seeded from /proc) needs no new layout
   comm: 136,
   sockInode: 152,
   sockUid: 160,
