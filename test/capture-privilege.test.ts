@@ -111,6 +111,82 @@ describe('least privilege', { skip }, () => {
     assert.equal(opener[opener.length - 1].bytesSent, '1000');
   });
 
+  it('seeds the listeners it may read, and says why the others have no process', async () => {
+    // two servers listening before the capture: one of root's (whose fds nobody cannot read)
+    // and one of nobody's own
+    const serve = (asNobody: boolean) => {
+      const code =
+        'import socket, sys\n' +
+        's = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(8)\n' +
+        'print(s.getsockname()[1], flush=True)\n' +
+        'while True:\n' +
+        '    c, _ = s.accept(); c.recv(10); c.close()\n';
+      const child = asNobody
+        ? spawn('setpriv', [...NOBODY, '/usr/bin/python3', '-c', code])
+        : spawn('/usr/bin/python3', ['-c', code]);
+      started.push(child);
+      return waitForOutput(child, 'stdout', /\d+\n/, 5000).then((out) => ({
+        pid: child.pid!,
+        port: Number(out.trim()),
+      }));
+    };
+    const [rootServer, nobodyServer] = await Promise.all([serve(false), serve(true)]);
+    const capture = spawn('setpriv', [
+      ...WITH_CAPS,
+      process.execPath,
+      CLI,
+      'capture',
+      '--port',
+      String(rootServer.port),
+      '--port',
+      String(nobodyServer.port),
+    ]);
+    started.push(capture);
+    const seeded = await waitForOutput(capture, 'stderr', /"listeners"[^\n]*\n/, 10_000);
+    const report = JSON.parse(seeded.split('\n').find((l) => l.includes('"listeners"'))!).listeners;
+    assert.equal(report.sockets, 2);
+    assert.equal(report.seeded, 1, "nobody's own listener");
+    assert.equal(report.unattributed, 1, "root's listener");
+    assert.ok(report.fdUnreadable > 0);
+    assert.match(report.why, /not readable/);
+    assert.match(report.why, /CAP_SYS_PTRACE/);
+
+    const stdout = waitForOutput(
+      capture,
+      'stdout',
+      /("newState":"CLOSED"[^\n]*\n(.|\n)*){4}/,
+      10_000,
+    );
+    for (const server of [rootServer, nobodyServer]) {
+      const client = spawnSync('/usr/bin/python3', [
+        '-c',
+        `import socket; s = socket.create_connection(('127.0.0.1', ${server.port})); s.sendall(b'x'); s.recv(10); s.close()`,
+      ]);
+      assert.equal(client.status, 0, client.stderr.toString());
+    }
+    const lines = (await stdout)
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
+    capture.kill('SIGINT');
+    await new Promise((r) => capture.once('exit', r));
+    assert.equal(capture.exitCode, 0);
+
+    const accepted = (port: number) => lines.filter((e) => e.localPort === port);
+    const ours = accepted(nobodyServer.port);
+    assert.ok(ours.length > 0);
+    for (const e of ours) {
+      assert.deepEqual(
+        [e.pid, e.comm, e.uid, e.procSource],
+        [nobodyServer.pid, 'python3', 65534, 'listener-seeded'],
+      );
+    }
+    // unknown stays unknown: pid 0, never a guess
+    const roots = accepted(rootServer.port);
+    assert.ok(roots.length > 0);
+    assert.ok(roots.every((e) => e.pid === 0 && e.comm === '' && e.procSource === 'none'));
+  });
+
   it('fails clearly without the capabilities', () => {
     const run = spawnSync('setpriv', [...NOBODY, process.execPath, CLI, 'capture'], {
       timeout: 10_000,
