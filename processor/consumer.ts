@@ -29,6 +29,8 @@ export interface ConsumerOptions {
   onBatchResult?: (result: BatchResult) => void;
   /** Logs one 'batch' line per committed batch: offsets, counts and the milliseconds per step. */
   profile?: boolean;
+  /** Called once if kafkajs stops the consumer for good (a CRASH it will not restart). */
+  onFatal?: (error: Error) => void;
 }
 
 export interface ProcessorStats {
@@ -41,6 +43,47 @@ export interface ProcessorStats {
 
 export const gapsTopic = (topic: string) => `${topic}.gaps`;
 export const deadLetterTopic = (topic: string) => `${topic}.dlq`;
+
+/** What a truncated dead-letter copy keeps: the dead_letters row holds the whole message. */
+export const TRUNCATED_VALUE_BYTES = 64 << 10;
+const TRUNCATED_KEY_BYTES = 1 << 10;
+
+/**
+ * A send the broker refused for good (a message over its size limit, a topic it will not
+ * write): kafkajs marks these non-retriable. Its "retries exceeded" and timeout errors are
+ * non-retriable classes too, but mean the broker is away: those are worth retrying the batch.
+ */
+export function permanentSendFailure(err: unknown): boolean {
+  const e = err as { name?: string; retriable?: boolean; cause?: unknown } | null;
+  if (!e || e.name === 'KafkaJSNumberOfRetriesExceeded' || e.name === 'KafkaJSTimeout')
+    return false;
+  let cause: typeof e = e;
+  while (cause.cause) cause = cause.cause as typeof e;
+  return e.retriable === false || cause.retriable === false;
+}
+
+/**
+ * The copy of a dead letter the broker can take when the whole one was refused: the value's
+ * first 64 KiB, the key's first 1 KiB, the original headers dropped, and a header saying so.
+ */
+export function truncatedDeadLetter({ record, reason }: DeadLetter) {
+  const value = record.value ?? Buffer.alloc(0);
+  const key = record.key;
+  return {
+    key: key && key.length > TRUNCATED_KEY_BYTES ? key.subarray(0, TRUNCATED_KEY_BYTES) : key,
+    value: value.subarray(0, TRUNCATED_VALUE_BYTES),
+    headers: {
+      'tcpaudit-dlq-reason': reason.slice(0, 1000),
+      'tcpaudit-dlq-topic': record.topic,
+      'tcpaudit-dlq-partition': String(record.partition),
+      'tcpaudit-dlq-offset': record.offset,
+      'tcpaudit-dlq-truncated':
+        `the broker refused the whole copy: value ${value.length} bytes, first ` +
+        `${Math.min(value.length, TRUNCATED_VALUE_BYTES)} kept; original headers dropped; ` +
+        'the dead_letters table holds the whole message',
+    },
+  };
+}
 
 /** Dead-letter message headers: the reason and where the original message was. */
 export function deadLetterMessages(letters: DeadLetter[]) {
@@ -82,6 +125,8 @@ export class ProcessorConsumer {
   /** Next offset to process per topic/partition, as PostgreSQL says; cleared on every join. */
   private readonly positions = new Map<string, bigint>();
   private inGroup = false;
+  /** Set when kafkajs stopped the consumer and will not restart it. */
+  failure: Error | null = null;
 
   constructor(private readonly opts: ConsumerOptions) {
     this.kafka = new Kafka({
@@ -117,6 +162,17 @@ export class ProcessorConsumer {
     this.consumer.on(REBALANCING, () => this.positions.clear());
     for (const event of [CRASH, STOP, DISCONNECT])
       this.consumer.on(event, () => (this.inGroup = false));
+    // kafkajs restarts a crashed consumer only for errors it deems retriable; after any other
+    // it stops for good, and a process that stayed up would consume nothing, forever.
+    this.consumer.on(CRASH, ({ payload }) => {
+      if (payload.restart || this.failure) return;
+      this.failure = payload.error;
+      log.error('consumer crashed and kafkajs will not restart it', {
+        error: payload.error,
+        groupId,
+      });
+      this.opts.onFatal?.(payload.error);
+    });
     this.admin = this.kafka.admin();
     await this.admin.connect();
     await this.waitForTopic();
@@ -174,11 +230,50 @@ export class ProcessorConsumer {
     return BigInt(low);
   }
 
+  /**
+   * Publishes dead letters to '<topic>.dlq'. A copy the broker refuses for good (the original
+   * was near its size limit and our headers pushed it over) goes again truncated, with a header
+   * saying so; if even that is refused it is logged, and only the dead_letters row (which holds
+   * the whole message: bytea takes up to 1 GB, far above any Kafka message) keeps it. A broker
+   * that is away throws: the batch is retried.
+   */
   private async sendDeadLetters(letters: DeadLetter[]): Promise<void> {
-    await this.producer!.send({
-      topic: deadLetterTopic(this.opts.topic),
-      messages: deadLetterMessages(letters),
-    });
+    const topic = deadLetterTopic(this.opts.topic);
+    const send = (messages: ReturnType<typeof deadLetterMessages>) =>
+      this.producer!.send({ topic, messages });
+    try {
+      await send(deadLetterMessages(letters));
+      return;
+    } catch (err) {
+      if (!permanentSendFailure(err)) throw err;
+    }
+    for (const letter of letters) {
+      const where = {
+        topic: letter.record.topic,
+        partition: letter.record.partition,
+        offset: letter.record.offset,
+        bytes: letter.record.value?.length ?? 0,
+      };
+      try {
+        await send(deadLetterMessages([letter]));
+        continue;
+      } catch (err) {
+        if (!permanentSendFailure(err)) throw err;
+        this.opts.log.warn('dead letter refused by the broker: publishing it truncated', {
+          ...where,
+          error: err,
+        });
+      }
+      try {
+        await send([truncatedDeadLetter(letter)]);
+      } catch (err) {
+        if (!permanentSendFailure(err)) throw err;
+        this.opts.log.error('dead letter not published; only the dead_letters row holds it', {
+          ...where,
+          error: err,
+        });
+      }
+    }
   }
 
   private async onBatch({
@@ -237,6 +332,14 @@ export class ProcessorConsumer {
         this.opts.groupId,
         {
           deadLetterSink: (letters) => this.sendDeadLetters(letters),
+          onDataError: (err, count) =>
+            this.opts.log.warn('PostgreSQL refused a batch for its data: splitting it', {
+              topic,
+              partition,
+              records: count,
+              sqlstate: (err as { code?: string }).code,
+              error: err.message,
+            }),
         },
       );
       this.opts.onBatchResult?.(result);

@@ -72,6 +72,21 @@ export function fromAvro(rec: AvroStateChange): StateChange {
 const isPort = (n: number) => Number.isInteger(n) && n >= 0 && n <= 65535;
 const isCount = (n: number) => Number.isSafeInteger(n) && n >= 0;
 const cleanText = (s: string) => typeof s === 'string' && !s.includes('\u0000');
+/** Text that fits its column and its indexes: no NUL (PostgreSQL text refuses it), bounded. */
+const fits = (s: string, max: number) => cleanText(s) && s.length <= max;
+
+/** Longest text accepted per field: far above what a kernel or a host sends, far below what a
+ * btree index entry holds (about 2.7 kB), so no record can fail an insert by its size. */
+export const TEXT_LIMITS = { connId: 200, host: 255, bootId: 128, comm: 64, runId: 128 } as const;
+
+/**
+ * An address exactly as PostgreSQL's inet takes it from a record: net.isIP accepts an IPv6
+ * zone id ("fe80::1%eth0") that inet refuses, so any '%' is refused too (a kernel address
+ * carries no zone). test/processor-poison.test.ts checks this against the server itself.
+ */
+export function isInetAddress(text: unknown): boolean {
+  return typeof text === 'string' && net.isIP(text) !== 0 && !text.includes('%');
+}
 
 /**
  * The invariants a state change must keep to become rows: anything here that PostgreSQL would
@@ -81,9 +96,10 @@ export function checkChange(c: StateChange): void {
   const bad = (why: string) => new BadMessageError(`invariant: ${why}`);
   if (typeof c.connId !== 'string' || c.connId.length === 0)
     throw new BadMessageError('record has no connection id');
-  if (c.connId.length > 200 || !cleanText(c.connId)) throw bad('malformed connection id');
-  if (!c.host || !cleanText(c.host) || !cleanText(c.bootId) || !cleanText(c.comm))
-    throw bad('empty host or text with NUL');
+  if (!fits(c.connId, TEXT_LIMITS.connId)) throw bad('malformed connection id');
+  if (!c.host || !fits(c.host, TEXT_LIMITS.host) || !fits(c.bootId, TEXT_LIMITS.bootId))
+    throw bad('empty or over-long host or boot id, or text with NUL');
+  if (!fits(c.comm, TEXT_LIMITS.comm)) throw bad('over-long comm or comm with NUL');
   if (!isCount(c.seq)) throw bad(`sequence number ${c.seq}`);
   if (!Number.isSafeInteger(c.timeUs) || c.timeUs <= 0) throw bad(`event time ${c.timeUs}`);
   if (!isPort(c.localPort) || !isPort(c.remotePort))
@@ -91,8 +107,11 @@ export function checkChange(c: StateChange): void {
   if (!KNOWN_STATES.has(c.oldState) || !KNOWN_STATES.has(c.newState)) {
     throw bad(`unknown state ${c.oldState} -> ${c.newState}`);
   }
-  if (net.isIP(c.localAddr) === 0 || net.isIP(c.remoteAddr) === 0)
-    throw bad('address is not an IP address');
+  if (!isInetAddress(c.localAddr) || !isInetAddress(c.remoteAddr))
+    throw bad('address is not an IP address (zone ids are refused)');
+  for (const n of [c.pid, c.tid]) {
+    if (!Number.isInteger(n) || n < -(2 ** 31) || n >= 2 ** 31) throw bad('pid or tid not int4');
+  }
   for (const n of [
     c.uid,
     c.netns,
@@ -133,12 +152,22 @@ export function gapFromAvro(rec: AvroGap): CaptureGap {
     reason: rec.reason,
     detectedUs: rec.detected_at,
   };
-  if (!gap.host || !cleanText(gap.host) || !cleanText(gap.bootId) || !cleanText(gap.runId)) {
-    throw new BadMessageError('invariant: gap without host');
+  if (
+    !gap.host ||
+    !fits(gap.host, TEXT_LIMITS.host) ||
+    !fits(gap.bootId, TEXT_LIMITS.bootId) ||
+    !fits(gap.runId, TEXT_LIMITS.runId) ||
+    !fits(gap.reason, 64)
+  ) {
+    throw new BadMessageError('invariant: gap without host, or over-long text or text with NUL');
   }
   if (gap.seqFrom > gap.seqTo || gap.seqFrom < -1 || gap.count < 0) {
     throw new BadMessageError(`invariant: gap range ${gap.seqFrom}..${gap.seqTo}`);
   }
+  if (![gap.seqFrom, gap.seqTo, gap.count].every(Number.isSafeInteger))
+    throw new BadMessageError('invariant: gap numbers are not integers');
+  if (!Number.isSafeInteger(gap.detectedUs) || gap.detectedUs <= 0)
+    throw new BadMessageError(`invariant: gap time ${gap.detectedUs}`);
   return gap;
 }
 
@@ -162,10 +191,14 @@ interface WriterSchema {
 }
 
 /**
- * Decodes Confluent-framed Avro with the writer schema of the framed id. The registry is asked
+ * Decodes Confluent-framed Avro with the writer schema of the framed id. `registryHealthy` is
+ * asked before a 404 is taken as a bad message (processor/registry-check.ts gives one). The registry is asked
  * once per id (ids are immutable); after that a message decodes synchronously from the cache.
  */
-export function registryDecoder(registry: SchemaRegistry): Decode {
+export function registryDecoder(
+  registry: SchemaRegistry,
+  registryHealthy: () => Promise<boolean> = async () => true,
+): Decode {
   const schemas = new Map<number, WriterSchema>();
   const decodeWith = (schema: WriterSchema, value: Buffer) => {
     let rec: unknown;
@@ -181,9 +214,15 @@ export function registryDecoder(registry: SchemaRegistry): Decode {
     try {
       schema = (await registry.getSchema(schemaId)) as unknown as WriterSchema;
     } catch (err) {
-      // 404 means the id is unknown for good; anything else (registry away) is retried upstream.
+      // 404 means the id is unknown for good, but only from a registry that otherwise works: a
+      // wrong URL or a registry half up answers 404 too, and would dead-letter good messages.
+      // Anything else (registry away) is retried upstream.
       const status = (err as { status?: number }).status;
-      if (status === 404) throw new BadMessageError(`unknown schema id ${schemaId}`);
+      if (status === 404) {
+        if (await registryHealthy().catch(() => false))
+          throw new BadMessageError(`unknown schema id ${schemaId}`);
+        throw new Error(`schema registry answered 404 for id ${schemaId} but is not healthy`);
+      }
       throw err;
     }
     schemas.set(schemaId, schema);

@@ -22,6 +22,11 @@ export interface DeadLetter {
 
 export interface BatchOptions {
   /**
+   * Told when PostgreSQL refused a batch for its data (see isDataError) and the batch is being
+   * split to find the record(s) at fault; for logging.
+   */
+  onDataError?: (err: Error, records: number) => void;
+  /**
    * Publishes dead letters (to '<topic>.dlq') before the transaction commits. It may run again
    * for the same records after a crash: the DLQ topic is at least once, the table exactly once.
    */
@@ -168,11 +173,35 @@ async function insertRaw(db: PoolClient, rows: DecodedEvent[]): Promise<Set<stri
   return new Set(result.rows.map((r) => `${r.conn_id}/${r.seq}`));
 }
 
+/** jsonb and text refuse NUL: a header or a reason quoting a message must not carry one. */
+const noNul = (text: string) => text.replace(/\u0000/g, '\ufffd');
+
 function headersJson(h: SourceRecord['headers']): Record<string, string> | null {
   if (!h) return null;
   const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(h)) if (v !== undefined) out[k] = v.toString();
+  for (const [k, v] of Object.entries(h)) if (v !== undefined) out[noNul(k)] = noNul(v.toString());
   return out;
+}
+
+/**
+ * PostgreSQL refused a row for what it holds, not because it is away: SQLSTATE class 22 (data
+ * exception), 23 (integrity constraint violation), or 54000 (an index entry too large). Retrying
+ * the same batch would fail the same way forever. Classified by SQLSTATE, never by message text.
+ */
+export function isDataError(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && (/^2[23][0-9A-Z]{3}$/.test(code) || code === '54000');
+}
+
+/** The record's key must be its conn_id: the key is what keeps a connection on one partition. */
+function keyMismatch(record: SourceRecord, connId: string): string | null {
+  if (record.key === null || record.key === undefined) return null; // direct callers, tests
+  if (record.key.equals(Buffer.from(connId, 'utf8'))) return null;
+  const key = record.key.toString('utf8');
+  return (
+    `key ${JSON.stringify(key.length > 100 ? `${key.slice(0, 100)}...` : key)} is not the ` +
+    `record's conn_id ${JSON.stringify(connId)}: messages of one connection must share its key`
+  );
 }
 
 async function insertDeadLetters(db: PoolClient, dead: DeadLetter[]) {
@@ -183,7 +212,7 @@ async function insertDeadLetters(db: PoolClient, dead: DeadLetter[]) {
      SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::int8[], $5::bytea[], $6::bytea[], $7::jsonb[])
      ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING`,
     [
-      dead.map((d) => d.reason),
+      dead.map((d) => noNul(d.reason)),
       dead.map((d) => d.record.topic),
       dead.map((d) => d.record.partition),
       dead.map((d) => d.record.offset),
@@ -327,6 +356,52 @@ export async function handleBatch(
   groupId: string,
   options: BatchOptions = {},
 ): Promise<BatchResult> {
+  try {
+    return await handleOnce(records, pool, decode, groupId, options, null);
+  } catch (err) {
+    // A record the checks of decode.ts let through but PostgreSQL refuses: split the batch (in
+    // offset order, so each half is just a smaller batch) until the refused records stand
+    // alone, and dead-letter those. Each half commits on its own; a replay of a committed half
+    // after a crash inserts nothing.
+    if (!isDataError(err)) throw err;
+    options.onDataError?.(err as Error, records.length);
+    if (records.length === 1) {
+      const { code, message } = err as { code: string; message: string };
+      const reason = `database refused the record: SQLSTATE ${code} ${message}`;
+      return handleOnce(records, pool, decode, groupId, options, reason);
+    }
+    const mid = Math.ceil(records.length / 2);
+    const a = await handleBatch(records.slice(0, mid), pool, decode, groupId, options);
+    const b = await handleBatch(records.slice(mid), pool, decode, groupId, options);
+    return mergeResults(a, b);
+  }
+}
+
+function mergeResults(a: BatchResult, b: BatchResult): BatchResult {
+  const stagesMs = emptyStages();
+  for (const stage of STAGES) stagesMs[stage] = a.stagesMs[stage] + b.stagesMs[stage];
+  return {
+    inserted: a.inserted + b.inserted,
+    duplicates: a.duplicates + b.duplicates,
+    deadLetters: a.deadLetters + b.deadLetters,
+    gaps: a.gaps + b.gaps,
+    connections: a.connections + b.connections,
+    eventTimesUs: [...a.eventTimesUs, ...b.eventTimesUs],
+    startedAtMs: a.startedAtMs,
+    committedAtMs: b.committedAtMs,
+    stagesMs,
+  };
+}
+
+/** One transaction for `records`; `refused` set: the (single) record goes to the dead letters. */
+async function handleOnce(
+  records: SourceRecord[],
+  pool: Pool,
+  decode: Decode,
+  groupId: string,
+  options: BatchOptions,
+  refused: string | null,
+): Promise<BatchResult> {
   const startedAtMs = Date.now();
   const stagesMs = emptyStages();
   const mark = stopwatch(stagesMs);
@@ -334,11 +409,18 @@ export async function handleBatch(
   const gaps: DecodedGap[] = [];
   const dead: DeadLetter[] = [];
   for (const record of records) {
+    if (refused !== null) {
+      dead.push({ record, reason: refused });
+      continue;
+    }
     try {
       const out = decode(record.value);
       const decoded = out instanceof Promise ? await out : out;
-      if (decoded.kind === 'event') events.push({ record, change: decoded.change });
-      else gaps.push({ record, gap: decoded.gap });
+      if (decoded.kind === 'event') {
+        const mismatch = keyMismatch(record, decoded.change.connId);
+        if (mismatch !== null) dead.push({ record, reason: mismatch });
+        else events.push({ record, change: decoded.change });
+      } else gaps.push({ record, gap: decoded.gap });
     } catch (err) {
       if (!(err instanceof BadMessageError)) throw err;
       dead.push({ record, reason: err.message });
