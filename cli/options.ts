@@ -1,5 +1,7 @@
 /** Small helpers shared by the subcommands: option checks and waiting for a stop signal. */
 
+import { pgDefaults } from '../common/config';
+
 export function positiveInt(text: string | undefined, flag: string): number {
   const value = Number(text);
   if (!Number.isSafeInteger(value) || value <= 0) {
@@ -51,4 +53,36 @@ export function untilSignal(
     process.once('SIGINT', onSignal);
     process.once('SIGTERM', onSignal);
   });
+}
+
+/**
+ * Runs a settings check and makes any error it throws (ConfigError, KafkaConfigError, a plain
+ * Error from common/) a UsageError: a bad flag or variable exits 2 with one line, no stack.
+ */
+export function asUsage<T>(check: () => T, prefix = ''): T {
+  try {
+    return check();
+  } catch (err) {
+    if (err instanceof UsageError) throw err;
+    throw new UsageError(`${prefix}${(err as Error).message}`);
+  }
+}
+
+type Env = Record<string, string | undefined>;
+
+/**
+ * PostgreSQL settings from the standard PG* variables (defaults: the local stack), checked
+ * before anything connects: a blank variable or a port outside 1..65535 is a usage error that
+ * names the variable (node-postgres would take PGPORT=abc as NaN and never settle).
+ */
+export function pgSettings(env: Env = process.env) {
+  for (const name of ['PGHOST', 'PGPORT', 'PGUSER', 'PGDATABASE']) {
+    if (env[name] !== undefined && env[name]!.trim() === '')
+      throw new UsageError(`${name} is set but blank: unset it or give a value`);
+  }
+  const portText = env.PGPORT ?? String(pgDefaults({}).port);
+  const port = /^[0-9]{1,5}$/.test(portText) ? Number(portText) : NaN;
+  if (!(port >= 1 && port <= 65535))
+    throw new UsageError(`PGPORT "${portText}" is not a port number from 1 to 65535`);
+  return { ...pgDefaults(env), port };
 }

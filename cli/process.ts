@@ -1,6 +1,6 @@
 import { parseArgs } from 'node:util';
-import { Pool } from 'pg';
-import { kafkaSettings, pgDefaults, registrySettings } from '../common/config';
+import { Client, Pool } from 'pg';
+import { kafkaSettings, registrySettings } from '../common/config';
 import {
   KAFKA_SECURITY_HELP,
   kafkaClientSettings,
@@ -15,7 +15,8 @@ import { expireConnections } from '../processor/expiry';
 import { ProcessorMetrics, serveMetrics } from '../processor/metrics';
 import { migrate } from '../processor/migrate';
 import { dropExpiredPartitions, ensurePartitions, grantReader } from '../processor/partitions';
-import { UsageError, untilSignal } from './options';
+import { registryHealth, waitForRegistry } from '../processor/registry-check';
+import { asUsage, pgSettings, UsageError, untilSignal } from './options';
 
 const HELP = `Usage: tcpaudit process [options]
 
@@ -36,6 +37,8 @@ Options:
   --idle-limit SECONDS  a host silent this long has its open connections expired (default 3600)
   --session-timeout MS  consumer group session timeout (default 30000; a killed instance's
                         partitions move after this long)
+  --startup-timeout SECONDS  how long to wait for PostgreSQL and the schema registry at
+                        start-up before exiting 1 (default 60)
   --log-level LEVEL     debug, info, warn or error                [env TCPAUDIT_LOG_LEVEL]
   --profile             log a 'batch' line per committed batch: offsets, counts and the
                         milliseconds each step took (decode, raw insert, lifecycle, commit...)
@@ -43,15 +46,66 @@ ${KAFKA_SECURITY_HELP}  -h, --help            this text
 
 PostgreSQL is reached through the standard variables PGHOST, PGPORT, PGUSER, PGPASSWORD and
 PGDATABASE (defaults: the local stack, 127.0.0.1:15432, database tcpaudit).
+
+Exit status: 0 after SIGINT/SIGTERM, 2 for a bad flag or variable (one line on stderr), 1 when
+start-up fails (PostgreSQL or the registry unusable) or the Kafka consumer stops for good, so
+that a supervisor restarts the processor.
 `;
 
-function intFlag(text: string | undefined, name: string, fallback: number, min = 0): number {
+function intFlag(
+  text: string | undefined,
+  name: string,
+  fallback: number,
+  min = 0,
+  max = Number.MAX_SAFE_INTEGER,
+): number {
   if (text === undefined) return fallback;
-  const n = Number(text);
-  if (!Number.isInteger(n) || n < min)
-    throw new UsageError(`bad ${name} "${text}": expected an integer >= ${min}`);
+  const n = /^[0-9]+$/.test(text) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(n) || n < min || n > max)
+    throw new UsageError(`bad ${name} "${text}": expected a whole number from ${min} to ${max}`);
   return n;
 }
+
+/** SQLSTATE classes that waiting cannot fix: bad login or password (28), no such database (3D). */
+const hopeless = (err: unknown) => /^(28|3D)/.test(String((err as { code?: unknown }).code ?? ''));
+
+/**
+ * Waits, with backoff, for PostgreSQL to accept a connection: a processor started with (or
+ * before) its database must not fail at once. Each attempt is logged with host:port; a login
+ * the server refuses fails at once.
+ */
+async function waitForDatabase(
+  config: ReturnType<typeof pgSettings>,
+  timeoutMs: number,
+  log: Logger,
+): Promise<void> {
+  const where = `${config.host}:${config.port}`;
+  const deadline = Date.now() + timeoutMs;
+  for (let attempt = 1; ; attempt++) {
+    const client = new Client({ ...config, connectionTimeoutMillis: 10_000 });
+    client.on('error', () => undefined);
+    try {
+      await client.connect();
+      await client.query('SELECT 1');
+      return;
+    } catch (err) {
+      const message = (err as Error).message || String((err as { code?: unknown }).code);
+      if (hopeless(err)) throw new Error(`PostgreSQL at ${where} refused: ${message}`);
+      if (Date.now() + 1000 > deadline) {
+        throw new Error(
+          `PostgreSQL at ${where} unreachable for ${Math.round(timeoutMs / 1000)} s: ${message}`,
+        );
+      }
+      log.warn('PostgreSQL unreachable: retrying', { at: where, attempt, error: message });
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+    const pause = Math.min(1000 * 2 ** (attempt - 1), 10_000, Math.max(0, deadline - Date.now()));
+    await new Promise((r) => setTimeout(r, pause));
+  }
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms).unref());
 
 /** Partitions ahead, retention and expiry: every minute, errors logged and retried next time. */
 function maintain(
@@ -103,6 +157,7 @@ export async function runProcess(argv: string[]): Promise<number> {
       'idle-limit': { type: 'string' },
       'session-timeout': { type: 'string' },
       'log-level': { type: 'string' },
+      'startup-timeout': { type: 'string' },
       profile: { type: 'boolean' },
       ...kafkaFlagSpecs,
       help: { type: 'boolean', short: 'h' },
@@ -112,29 +167,55 @@ export async function runProcess(argv: string[]): Promise<number> {
     process.stdout.write(HELP);
     return 0;
   }
+  // Every setting is checked here, before anything connects: a mistake exits 2, one line.
   const log = createLogger(
     'processor',
-    parseLevel(values['log-level'] ?? process.env.TCPAUDIT_LOG_LEVEL),
+    asUsage(() => parseLevel(values['log-level'] ?? process.env.TCPAUDIT_LOG_LEVEL)),
   );
-  const { topic } = kafkaSettings(values, 'tcpaudit-processor');
-  const kafka = kafkajsConfig(kafkaClientSettings(values, 'tcpaudit-processor'));
-  const { url } = registrySettings(values);
+  const { topic } = asUsage(() => kafkaSettings(values, 'tcpaudit-processor'));
+  const kafka = asUsage(() => kafkajsConfig(kafkaClientSettings(values, 'tcpaudit-processor')));
+  const { url } = asUsage(() => registrySettings(values));
   const groupId = values.group ?? process.env.TCPAUDIT_GROUP ?? 'tcpaudit-processor';
-  const concurrency = intFlag(values.concurrency, '--concurrency', 4, 1);
+  if (!/^[\x21-\x7e]{1,255}$/.test(groupId))
+    throw new UsageError(
+      `bad --group (TCPAUDIT_GROUP) "${groupId}": 1 to 255 printable characters`,
+    );
+  const concurrency = intFlag(values.concurrency, '--concurrency', 4, 1, 1000);
   const metricsPort = intFlag(
     values['metrics-port'] ?? process.env.TCPAUDIT_METRICS_PORT,
-    '--metrics-port',
+    '--metrics-port (TCPAUDIT_METRICS_PORT)',
     9465,
+    0,
+    65535,
   );
   const retentionDays = intFlag(
     values['retention-days'] ?? process.env.TCPAUDIT_RETENTION_DAYS,
-    '--retention-days',
+    '--retention-days (TCPAUDIT_RETENTION_DAYS)',
     0,
   );
   const idleLimit = intFlag(values['idle-limit'], '--idle-limit', 3600, 1);
   const sessionTimeout = intFlag(values['session-timeout'], '--session-timeout', 30_000, 1000);
+  const startupMs =
+    intFlag(values['startup-timeout'], '--startup-timeout', 60, 1, 24 * 3600) * 1000;
+  const pgConfig = pgSettings();
 
-  const pool = new Pool({ ...pgDefaults(), max: concurrency + 3 });
+  // A start-up that never settles (a promise nobody resolves) must not end in exit 0.
+  process.exitCode = 1;
+  const unfinished = () => log.error('exiting before start-up finished');
+  process.once('beforeExit', unfinished);
+  try {
+    await waitForDatabase(pgConfig, startupMs, log);
+    await waitForRegistry(url, startupMs, (error, attempt) =>
+      log.warn('schema registry unreachable: retrying', { url, attempt, error }),
+    );
+  } catch (err) {
+    log.error('start-up failed', { error: (err as Error).message });
+    return 1;
+  } finally {
+    process.off('beforeExit', unfinished);
+  }
+
+  const pool = new Pool({ ...pgConfig, max: concurrency + 3 });
   // An idle client that dies must not crash the process; the next batch gets a fresh one.
   pool.on('error', (err) => log.warn('idle database connection lost', { error: err }));
   const metrics = new ProcessorMetrics();
@@ -149,7 +230,7 @@ export async function runProcess(argv: string[]): Promise<number> {
       topic,
       groupId,
       pool,
-      decode: registryDecoder(createRegistry(url)),
+      decode: registryDecoder(createRegistry(url), async () => (await registryHealth(url)).ok),
       log,
       metrics,
       concurrency,
@@ -177,9 +258,17 @@ export async function runProcess(argv: string[]): Promise<number> {
     await consumer.start();
     const stopMaintenance = maintain(pool, log, metrics, retentionDays, idleLimit);
     const report = setInterval(() => log.info('stats', { ...consumer.stats }), 10_000);
-    const signal = await untilSignal();
+    const signal = await untilSignal(() => consumer.failure !== null);
     clearInterval(report);
     stopMaintenance();
+    if (signal === 'failure') {
+      // kafkajs gave up on the consumer: exit non-zero so that a supervisor starts a fresh one.
+      log.error('exiting: the Kafka consumer stopped for good', {
+        error: consumer.failure!.message,
+      });
+      await Promise.race([consumer.stop().catch(() => undefined), sleep(5000)]);
+      return 1;
+    }
     log.info('stopping', { signal });
     await consumer.stop();
     log.info('stopped', { ...consumer.stats });
