@@ -1,7 +1,7 @@
+import net from 'node:net';
 import { parseArgs } from 'node:util';
 import { Client } from 'pg';
-import { pgDefaults } from '../common/config';
-import { UsageError } from './options';
+import { pgSettings, UsageError } from './options';
 
 const HELP = `Usage: tcpaudit query [filters] [--json]
 
@@ -10,12 +10,15 @@ the read-only role: the login (PGUSER) must be a member of tcpaudit_reader, whic
 switches to (SET ROLE); a login that could still write is refused.
 
 Filters (all optional, combined with AND):
-  --addr IP           local or remote address       --port N       local or remote port
+  --addr IP           local or remote address (an IPv4 address also matches its IPv4-mapped
+                      IPv6 form ::ffff:a.b.c.d, and the reverse)
+                                                    --port N       local or remote port
   --remote-addr IP    remote address                --remote-port N
   --comm NAME         process name                  --pid N
   --host NAME         capturing host                --outcome O    open, completed, refused, reset, aborted, expired
   --role R            outbound, inbound, listener, unknown
-  --since TIME        opened at or after (ISO-8601, or e.g. 1h, 30m, 7d ago)
+  --since TIME        opened at or after: ISO-8601, or a time ago such as 30m, 1h, 7d
+                      ("7d ago" works too; units s, m, h, d)
   --until TIME        opened before
   --limit N           at most N rows (default 100)
   --json              one JSON array instead of a table
@@ -52,9 +55,13 @@ export function buildQuery(f: QueryFilters): { text: string; values: unknown[] }
     where.push(sql(`$${values.length}`));
   };
   if (f.addr !== undefined)
-    add((p) => `(local_addr = ${p}::inet OR remote_addr = ${p}::inet)`, f.addr);
+    add(
+      (p) => `(local_addr = ANY(${p}::inet[]) OR remote_addr = ANY(${p}::inet[]))`,
+      addressForms(f.addr),
+    );
   if (f.port !== undefined) add((p) => `(local_port = ${p} OR remote_port = ${p})`, f.port);
-  if (f.remoteAddr !== undefined) add((p) => `remote_addr = ${p}::inet`, f.remoteAddr);
+  if (f.remoteAddr !== undefined)
+    add((p) => `remote_addr = ANY(${p}::inet[])`, addressForms(f.remoteAddr));
   if (f.remotePort !== undefined) add((p) => `remote_port = ${p}`, f.remotePort);
   if (f.comm !== undefined) add((p) => `comm = ${p}`, f.comm);
   if (f.pid !== undefined) add((p) => `pid = ${p}`, f.pid);
@@ -72,13 +79,37 @@ export function buildQuery(f: QueryFilters): { text: string; values: unknown[] }
   return { text, values };
 }
 
-function parseTime(text: string, now = Date.now()): Date {
-  const rel = /^(\d+)([smhd])$/.exec(text);
-  if (rel)
-    return new Date(now - Number(rel[1]) * { s: 1e3, m: 6e4, h: 3.6e6, d: 8.64e7 }[rel[2] as 's']);
-  const d = new Date(text);
-  if (Number.isNaN(d.getTime()))
-    throw new UsageError(`bad time "${text}": ISO-8601 or 30m, 1h, 7d`);
+/**
+ * The forms one address is stored in: a dual-stack socket (a Java server's, say) reports an
+ * IPv4 peer as ::ffff:a.b.c.d, so an IPv4 address also matches that form, and the reverse.
+ */
+export function addressForms(ip: string): string[] {
+  if (net.isIP(ip) === 4) return [ip, `::ffff:${ip}`];
+  const mapped = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i.exec(ip);
+  return mapped && net.isIP(mapped[1]) === 4 ? [ip, mapped[1]] : [ip];
+}
+
+function parseAddr(text: string | undefined, flag: string): string | undefined {
+  if (text === undefined) return undefined;
+  if (net.isIP(text) === 0 || text.includes('%'))
+    throw new UsageError(`bad ${flag} "${text}": expected an IPv4 or IPv6 address`);
+  return text;
+}
+
+/** Years PostgreSQL and ISO-8601 both write plainly; beyond them a time is a typo. */
+const MIN_MS = new Date('0001-01-01T00:00:00Z').getTime();
+const MAX_MS = Date.UTC(9999, 11, 31, 23, 59, 59);
+
+export function parseTime(text: string, flag = '--since', now = Date.now()): Date {
+  const rel = /^(\d+)\s*([smhd])(?:\s+ago)?$/.exec(text.trim());
+  const d = rel
+    ? new Date(now - Number(rel[1]) * { s: 1e3, m: 6e4, h: 3.6e6, d: 8.64e7 }[rel[2] as 's'])
+    : new Date(text);
+  const ms = d.getTime();
+  if (Number.isNaN(ms) || ms < MIN_MS || ms > MAX_MS)
+    throw new UsageError(
+      `bad ${flag} "${text}": ISO-8601, or a time ago such as 30m, 1h, 7d (years 1 to 9999)`,
+    );
   return d;
 }
 
@@ -118,17 +149,17 @@ export function parseFilters(argv: string[]): {
   if (v.role !== undefined && !ROLES.includes(v.role))
     throw new UsageError(`bad --role "${v.role}"`);
   const filters: QueryFilters = {
-    addr: v.addr,
+    addr: parseAddr(v.addr, '--addr'),
     port: int(v.port, '--port', 65535),
-    remoteAddr: v['remote-addr'],
+    remoteAddr: parseAddr(v['remote-addr'], '--remote-addr'),
     remotePort: int(v['remote-port'], '--remote-port', 65535),
     comm: v.comm,
     pid: int(v.pid, '--pid'),
     host: v.host,
     outcome: v.outcome,
     role: v.role,
-    since: v.since === undefined ? undefined : parseTime(v.since),
-    until: v.until === undefined ? undefined : parseTime(v.until),
+    since: v.since === undefined ? undefined : parseTime(v.since, '--since'),
+    until: v.until === undefined ? undefined : parseTime(v.until, '--until'),
     limit: int(v.limit, '--limit', 100_000) ?? 100,
   };
   return { filters, json: v.json ?? false, help: v.help ?? false };
@@ -191,7 +222,7 @@ export async function runQuery(argv: string[]): Promise<number> {
     process.stdout.write(HELP);
     return 0;
   }
-  const db = new Client(pgDefaults());
+  const db = new Client(pgSettings());
   await db.connect();
   try {
     await readOnlySession(db);

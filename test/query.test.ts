@@ -123,3 +123,56 @@ test('query: runs on the reader role, and an INSERT through its connection fails
     await c.end();
   }
 });
+
+test('query: an IPv4 --addr also matches its IPv4-mapped form (dual-stack sockets), and back', async () => {
+  const env = (await endpoints()).env;
+  const topic = uniqueName('tcpaudit.query6');
+  const schemas = await registerSchemas(env.SCHEMA_REGISTRY_URL, topic);
+  const stream = syntheticStream(2, 1, Date.now() * 1000 - 30_000_000, 'm');
+  const mapped = stream.changes.map((c) => ({
+    ...c,
+    family: 6 as const,
+    localAddr: '::ffff:10.77.0.1',
+    remoteAddr: '::ffff:10.77.0.2',
+  }));
+  await handleBatch(
+    mapped.map((c, i) => ({
+      topic,
+      partition: 0,
+      offset: String(i),
+      key: null,
+      value: encodeEvent(schemas, c),
+    })),
+    db.pool,
+    registryDecoder(createRegistry(env.SCHEMA_REGISTRY_URL)),
+    'q6',
+  );
+  assert.equal(await count(['--addr', '10.77.0.2']), 2);
+  assert.equal(await count(['--remote-addr', '10.77.0.2']), 2);
+  assert.equal(await count(['--addr', '10.77.0.1']), 2);
+  assert.equal(await count(['--remote-addr', '10.77.0.1']), 0);
+  assert.equal(await count(['--addr', '::ffff:10.77.0.2']), 2);
+  assert.equal(await count(['--addr', '::ffff:10.9.0.2']), 35);
+});
+
+test('query: bad addresses and times are usage errors (exit 2, one line); "7d ago" is accepted', async () => {
+  assert.throws(() => parseFilters(['--addr', 'notanip']), /bad --addr "notanip"/);
+  assert.throws(() => parseFilters(['--remote-addr', 'fe80::1%eth0']), /bad --remote-addr/);
+  assert.throws(() => parseFilters(['--since', '99999999999d']), /bad --since/);
+  assert.throws(() => parseFilters(['--until', '+100000-01-01T00:00:00Z']), /bad --until/);
+  const day = 86_400_000;
+  const ago = parseFilters(['--since', '7d ago']).filters.since!.getTime();
+  assert.ok(Math.abs(Date.now() - 7 * day - ago) < 60_000);
+  assert.equal(parseFilters(['--since', '7d']).filters.since!.getTime() - ago < 60_000, true);
+  for (const args of [
+    ['--addr', 'notanip'],
+    ['--since', '99999999999d'],
+  ]) {
+    const child = await run(process.execPath, [CLI, 'query', ...args], {
+      env: { ...process.env, ...db.env },
+    }).catch((e) => e);
+    assert.equal(child.code, 2, args.join(' '));
+    assert.equal(child.stderr.trimEnd().split('\n').length, 1, child.stderr);
+    assert.match(child.stderr, /^tcpaudit query: bad --/);
+  }
+});
