@@ -29,7 +29,9 @@ const COMMANDS: Record<string, () => Command> = {
 function isUsageError(err: unknown): boolean {
   const code = (err as { code?: unknown }).code;
   return (
-    err instanceof UsageError || (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS'))
+    err instanceof UsageError ||
+    code === 'TCPAUDIT_CONFIG' || // common/config.ts ConfigError: a bad flag or variable
+    (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS'))
   );
 }
 

@@ -1,13 +1,51 @@
 /** Small helpers shared by the subcommands: option checks and waiting for a stop signal. */
 
+import fs from 'node:fs';
 import { pgDefaults } from '../common/config';
 
+/** Decimal digits only: "1e3", "0x10" and " 6" are mistakes, not numbers to guess at. */
 export function positiveInt(text: string | undefined, flag: string): number {
-  const value = Number(text);
+  const value = /^[0-9]+$/.test(text ?? '') ? Number(text) : NaN;
   if (!Number.isSafeInteger(value) || value <= 0) {
     throw new UsageError(`${flag} wants a positive whole number, got "${text}"`);
   }
   return value;
+}
+
+/**
+ * `--netns`: a network namespace inode number, or a file of one (/proc/PID/ns/net, or a
+ * bind mount such as /run/netns/NAME). A file must live on nsfs, the file system of
+ * /proc/self/ns/net, and a /proc link must name a net namespace: /etc/hostname, or
+ * /proc/PID/ns/mnt, would give an inode that matches no socket and silently capture nothing.
+ */
+export function netnsInode(text: string, flag = '--netns'): number {
+  if (/^[0-9]+$/.test(text)) {
+    const inode = positiveInt(text, flag);
+    if (inode > 0xffffffff) throw new UsageError(`${flag}: ${text} is not a namespace inode`);
+    return inode;
+  }
+  let stat: fs.Stats;
+  let nsfs: fs.Stats;
+  try {
+    stat = fs.statSync(text);
+    nsfs = fs.statSync('/proc/self/ns/net');
+  } catch (err) {
+    throw new UsageError(`${flag}: cannot read ${text}: ${(err as Error).message}`);
+  }
+  if (stat.dev !== nsfs.dev) {
+    throw new UsageError(`${flag}: ${text} is not a namespace file (such as /proc/PID/ns/net)`);
+  }
+  let link: string | null = null;
+  try {
+    link = fs.readlinkSync(text); // "net:[4026531840]" for a /proc link; a bind mount has none
+  } catch {
+    link = null;
+  }
+  const kind = link === null ? null : /^([a-z_]+):\[\d+\]$/.exec(link)?.[1];
+  if (kind && kind !== 'net') {
+    throw new UsageError(`${flag}: ${text} is a ${kind} namespace, not a network one`);
+  }
+  return stat.ino;
 }
 
 /** A mistake in how the command was called: printed without a stack trace, exit status 2. */

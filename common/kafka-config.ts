@@ -10,7 +10,7 @@
 import fs from 'node:fs';
 import tls from 'node:tls';
 import type { KafkaConfig, SASLOptions } from 'kafkajs';
-import { parseBrokers, DEFAULTS } from './config';
+import { brokerSettings } from './config';
 
 type Env = Record<string, string | undefined>;
 
@@ -113,7 +113,7 @@ export function kafkaClientSettings(
   env: Env = process.env,
   readFile: (f: string) => string = (f) => fs.readFileSync(f, 'utf8'),
 ): KafkaClientSettings {
-  const brokers = parseBrokers(flags.brokers ?? env.KAFKA_BROKERS ?? DEFAULTS.brokers);
+  const brokers = brokerSettings(flags, env);
 
   const caFile = flags['kafka-tls-ca'] ?? env.KAFKA_TLS_CA;
   const certFile = flags['kafka-tls-cert'] ?? env.KAFKA_TLS_CERT;
