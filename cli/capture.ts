@@ -1,4 +1,3 @@
-import { statSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import type { TcpEvent } from '../common/event';
 import {
@@ -9,7 +8,7 @@ import {
   type CaptureStats,
 } from '../producer/capture/capture';
 import { MAX_FILTER_CIDRS, MAX_FILTER_PORTS } from '../producer/capture/layout';
-import { UsageError, positiveInt, untilSignal } from './options';
+import { UsageError, netnsInode, positiveInt, untilSignal } from './options';
 
 const HELP = `Usage: tcpaudit capture [options]
 
@@ -57,12 +56,7 @@ function parsePorts(values: string[] | undefined): number[] {
 /** A namespace inode number, or the inode of a namespace file such as /proc/PID/ns/net. */
 function parseNetns(text: string | undefined): number | undefined {
   if (text === undefined) return undefined;
-  if (/^\d+$/.test(text)) return positiveInt(text, '--netns');
-  try {
-    return statSync(text).ino;
-  } catch (err) {
-    throw new UsageError(`--netns: cannot read ${text}: ${(err as Error).message}`);
-  }
+  return netnsInode(text, '--netns'); // refuses 0 and files that are not a net namespace
 }
 
 export async function runCapture(argv: string[]): Promise<number> {

@@ -1,6 +1,9 @@
+import dns from 'node:dns/promises';
 import fs from 'node:fs';
+import { isIP } from 'node:net';
+import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { kafkaSettings, registrySettings } from '../common/config';
+import { kafkaSettings, registrySettings, validHost } from '../common/config';
 import {
   describeKafka,
   kafkaClientSettings,
@@ -8,15 +11,26 @@ import {
   KAFKA_SECURITY_HELP,
 } from '../common/kafka-config';
 import { createLogger, parseLevel } from '../common/log';
-import { createRegistry, registerValueSchema, valueSubject } from '../common/registry';
-import { startCapture, validateFilters, type CaptureOptions } from '../producer/capture/capture';
+import {
+  checkRegistry,
+  createRegistry,
+  registerValueSchema,
+  REGISTRY_TIMEOUT_MS,
+  valueSubject,
+} from '../common/registry';
+import {
+  startCapture,
+  validateFilters,
+  validateRingBytes,
+  type CaptureOptions,
+} from '../producer/capture/capture';
 import { bootId } from '../producer/capture/decode';
 import { registerGapSchema } from '../producer/gaps';
 import { ProducerMetrics, serveMetrics } from '../producer/metrics';
 import { COMPRESSION, Publisher, type Compression } from '../producer/publisher';
 import { Spool, type Overflow } from '../producer/spool';
 import { hostname } from 'node:os';
-import { positiveInt, untilSignal, UsageError } from './options';
+import { asUsage, netnsInode, positiveInt, untilSignal, UsageError } from './options';
 
 const HELP = `Usage: tcpaudit produce [options]
 
@@ -30,6 +44,8 @@ Options:
   --brokers LIST          Kafka bootstrap brokers, host:port,...   [env KAFKA_BROKERS]
   --topic NAME            topic to publish to                        [env TCPAUDIT_TOPIC]
   --registry URL          Confluent-compatible schema registry       [env SCHEMA_REGISTRY_URL]
+  --registry-timeout-ms N longest wait for one schema registry request (default 10000);
+                          each is tried 3 times, and start-up fails (exit 1) if none answers
   --partitions N          partitions when the topic is created (default 6)
   --replication-factor N  replicas when the topic is created (default 1)
   --ring-bytes N          kernel ring buffer size, a power of two (default 8388608)
@@ -51,6 +67,12 @@ Options:
   --capture-log FILE      debug: append "connId seq" for every captured event to FILE
 ${KAFKA_SECURITY_HELP}  --log-level LEVEL       debug, info, warn or error                 [env TCPAUDIT_LOG_LEVEL]
   -h, --help              this text
+
+Exit status:
+  0  stopped by a signal with every captured event published or left in the spool
+  1  some captured event was lost (kernel ring, memory queue or full spool: "lost" and
+     "lostBy" in the last log line, "stopped"), or the registry, Kafka set-up or capture failed
+  2  a usage mistake: a bad flag or variable, named on one line; nothing was started
 `;
 
 function byteCount(text: string | undefined, flag: string): number {
@@ -81,50 +103,64 @@ function port(text: string, flag: string): number | null {
   return value;
 }
 
-export async function runProduce(argv: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      brokers: { type: 'string' },
-      topic: { type: 'string' },
-      registry: { type: 'string' },
-      partitions: { type: 'string', default: '6' },
-      'replication-factor': { type: 'string', default: '1' },
-      'ring-bytes': { type: 'string', default: String(8 << 20) },
-      port: { type: 'string', multiple: true },
-      cidr: { type: 'string', multiple: true },
-      netns: { type: 'string' },
-      'max-queued': { type: 'string', default: '200000' },
-      'max-batch': { type: 'string', default: '5000' },
-      compression: { type: 'string', default: 'gzip' },
-      'spool-dir': { type: 'string' },
-      'spool-max-bytes': { type: 'string', default: String(1 << 30) },
-      overflow: { type: 'string', default: 'drop-oldest' },
-      'shutdown-timeout-ms': { type: 'string', default: '15000' },
-      'metrics-port': { type: 'string', default: '9464' },
-      'metrics-host': { type: 'string', default: '127.0.0.1' },
-      'capture-log': { type: 'string' },
-      ...kafkaFlagSpecs,
-      'log-level': { type: 'string' },
-      help: { type: 'boolean', short: 'h' },
-    },
-  });
-  if (values.help) {
-    process.stdout.write(HELP);
-    return 0;
-  }
-  const log = createLogger(
-    'producer',
-    parseLevel(values['log-level'] ?? process.env.TCPAUDIT_LOG_LEVEL),
-  );
-  const { topic } = kafkaSettings(values, 'tcpaudit-producer');
-  let kafka;
+/**
+ * mkdir -p, one level at a time: Node's recursive mkdirSync spins forever where a parent
+ * exists but refuses children with ENOENT (under /proc, for one).
+ */
+function makeDirs(dir: string): void {
+  if (fs.existsSync(dir)) return;
+  const parent = path.dirname(dir);
+  if (parent !== dir) makeDirs(parent);
+  fs.mkdirSync(dir);
+}
+
+/** The spool directory, created if need be; refused unless it is a writable directory. */
+function checkSpoolDir(dir: string): string {
+  let stat: fs.Stats | null = null;
   try {
-    kafka = kafkaClientSettings(values, 'tcpaudit-producer');
-  } catch (err) {
-    throw new UsageError((err as Error).message);
+    stat = fs.statSync(dir);
+  } catch {
+    stat = null;
   }
-  const { url } = registrySettings(values);
+  if (stat && !stat.isDirectory())
+    throw new UsageError(`--spool-dir: ${dir} exists and is not a directory`);
+  try {
+    if (!stat) makeDirs(path.resolve(dir));
+    fs.accessSync(dir, fs.constants.R_OK | fs.constants.W_OK | fs.constants.X_OK);
+  } catch (err) {
+    const { code, message } = err as NodeJS.ErrnoException;
+    throw new UsageError(
+      `--spool-dir: cannot ${stat ? 'write to' : 'create'} ${dir}: ${code ?? message}`,
+    );
+  }
+  return dir;
+}
+
+/** --metrics-host: an IP address, or a host name that resolves (to where it will listen). */
+async function checkMetricsHost(host: string): Promise<string> {
+  if (!validHost(host))
+    throw new UsageError(`--metrics-host: "${host}" is neither an IP address nor a host name`);
+  if (isIP(host) === 0) {
+    try {
+      await dns.lookup(host);
+    } catch (err) {
+      throw new UsageError(
+        `--metrics-host: cannot resolve "${host}": ${(err as NodeJS.ErrnoException).code}`,
+      );
+    }
+  }
+  return host;
+}
+
+/**
+ * Every setting of `produce`, checked before anything is contacted or loaded: a mistake is a
+ * UsageError naming its flag (or variable), so the operator sees one line and exit status 2
+ * instead of a registry, Kafka or BPF failure later on.
+ */
+async function checkSettings(values: Values) {
+  const { topic } = asUsage(() => kafkaSettings(values, 'tcpaudit-producer'));
+  const kafka = asUsage(() => kafkaClientSettings(values, 'tcpaudit-producer'));
+  const { url } = asUsage(() => registrySettings(values));
   const compression = oneOf(
     values.compression!,
     Object.keys(COMPRESSION) as Compression[],
@@ -135,30 +171,108 @@ export async function runProduce(argv: string[]): Promise<number> {
     ['drop-oldest', 'drop-newest'] as Overflow[],
     '--overflow',
   );
-  const spoolMaxBytes = byteCount(values['spool-max-bytes'], '--spool-max-bytes');
-  const metricsPort = port(values['metrics-port']!, '--metrics-port');
-  const shutdownMs = positiveInt(values['shutdown-timeout-ms'], '--shutdown-timeout-ms');
-
-  let filters;
-  try {
-    filters = {
-      filterPorts: [...new Set((values.port ?? []).map((p) => positiveInt(p, '--port')))],
+  const ringBytes = positiveInt(values['ring-bytes'], '--ring-bytes');
+  asUsage(() => validateRingBytes(ringBytes), '--ring-bytes: ');
+  const filters = asUsage(() => {
+    const requested = {
+      filterPorts: [
+        ...new Set(
+          (values.port ?? []).map((p) => {
+            const n = positiveInt(p, '--port');
+            if (n > 65535) throw new UsageError(`--port wants 1..65535, got "${p}"`);
+            return n;
+          }),
+        ),
+      ],
       filterCidrs: values.cidr ?? [],
-      filterNetns:
-        values.netns === undefined
-          ? undefined
-          : /^\d+$/.test(values.netns)
-            ? Number(values.netns)
-            : fs.statSync(values.netns).ino,
+      filterNetns: values.netns === undefined ? undefined : netnsInode(values.netns),
     };
-    validateFilters(filters); // startCapture checks again; this makes a mistake a usage error
-  } catch (err) {
-    throw new UsageError(`capture filter: ${(err as Error).message}`);
-  }
+    validateFilters(requested); // startCapture checks again; this makes a mistake a usage error
+    return requested;
+  }, 'capture filter: ');
+  return {
+    topic,
+    kafka,
+    url,
+    compression,
+    overflow,
+    ringBytes,
+    filters,
+    partitions: positiveInt(values.partitions, '--partitions'),
+    replicationFactor: positiveInt(values['replication-factor'], '--replication-factor'),
+    maxQueued: positiveInt(values['max-queued'], '--max-queued'),
+    maxBatch: positiveInt(values['max-batch'], '--max-batch'),
+    spoolMaxBytes: byteCount(values['spool-max-bytes'], '--spool-max-bytes'),
+    spoolDir: values['spool-dir'] === undefined ? null : checkSpoolDir(values['spool-dir']),
+    shutdownMs: positiveInt(values['shutdown-timeout-ms'], '--shutdown-timeout-ms'),
+    registryTimeoutMs: positiveInt(values['registry-timeout-ms'], '--registry-timeout-ms'),
+    metricsPort: port(values['metrics-port']!, '--metrics-port'),
+    metricsHost: await checkMetricsHost(values['metrics-host']!),
+  };
+}
 
-  const registry = createRegistry(url);
-  const schema = await registerValueSchema(registry, url, topic);
-  const gapSchema = await registerGapSchema(registry, url, topic);
+const OPTIONS = {
+  brokers: { type: 'string' },
+  topic: { type: 'string' },
+  registry: { type: 'string' },
+  partitions: { type: 'string', default: '6' },
+  'replication-factor': { type: 'string', default: '1' },
+  'ring-bytes': { type: 'string', default: String(8 << 20) },
+  port: { type: 'string', multiple: true },
+  cidr: { type: 'string', multiple: true },
+  netns: { type: 'string' },
+  'max-queued': { type: 'string', default: '200000' },
+  'max-batch': { type: 'string', default: '5000' },
+  compression: { type: 'string', default: 'gzip' },
+  'spool-dir': { type: 'string' },
+  'spool-max-bytes': { type: 'string', default: String(1 << 30) },
+  overflow: { type: 'string', default: 'drop-oldest' },
+  'shutdown-timeout-ms': { type: 'string', default: '15000' },
+  'metrics-port': { type: 'string', default: '9464' },
+  'metrics-host': { type: 'string', default: '127.0.0.1' },
+  'registry-timeout-ms': { type: 'string', default: String(REGISTRY_TIMEOUT_MS) },
+  'capture-log': { type: 'string' },
+  ...kafkaFlagSpecs,
+  'log-level': { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+type Values = ReturnType<typeof parseArgs<{ args: string[]; options: typeof OPTIONS }>>['values'];
+
+export async function runProduce(argv: string[]): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: OPTIONS });
+  if (values.help) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  let level;
+  try {
+    level = parseLevel(values['log-level'] ?? process.env.TCPAUDIT_LOG_LEVEL);
+  } catch (err) {
+    throw new UsageError(`--log-level (TCPAUDIT_LOG_LEVEL): ${(err as Error).message}`);
+  }
+  const log = createLogger('producer', level);
+  // Every setting is checked here, before the registry, Kafka or the kernel is touched.
+  const opts = await checkSettings(values);
+  const { topic, kafka, url, compression, overflow, spoolMaxBytes, metricsPort } = opts;
+  const { shutdownMs, filters } = opts;
+
+  const registryCalls = {
+    timeoutMs: opts.registryTimeoutMs,
+    onRetry: (message: string, fields: Record<string, unknown>) => log.warn(message, fields),
+  };
+  let schema: Awaited<ReturnType<typeof registerValueSchema>>;
+  let gapSchema: Awaited<ReturnType<typeof registerGapSchema>>;
+  try {
+    await checkRegistry(url, registryCalls);
+    const registry = createRegistry(url, opts.registryTimeoutMs);
+    schema = await registerValueSchema(registry, url, topic, registryCalls);
+    gapSchema = await registerGapSchema(registry, url, topic, registryCalls);
+  } catch (err) {
+    // One line naming the URL; exit 1 (the settings were fine, the registry is not).
+    log.error('schema registry unusable', { url, error: (err as Error).message });
+    return 1;
+  }
   log.info('schema registered', {
     subject: valueSubject(topic),
     schemaId: schema.id,
@@ -170,19 +284,17 @@ export async function runProduce(argv: string[]): Promise<number> {
   const server =
     metricsPort === null
       ? null
-      : await serveMetrics(metrics.registry, values['metrics-host']!, metricsPort).catch(
-          (err: Error) => {
-            log.error('metrics not served', {
-              host: values['metrics-host'],
-              port: metricsPort,
-              error: err.message,
-            });
-            return null;
-          },
-        );
+      : await serveMetrics(metrics.registry, opts.metricsHost, metricsPort).catch((err: Error) => {
+          log.error('metrics not served', {
+            host: opts.metricsHost,
+            port: metricsPort,
+            error: err.message,
+          });
+          return null;
+        });
   if (server)
     log.info('metrics listening', {
-      url: `http://${values['metrics-host']}:${server.port}/metrics`,
+      url: `http://${opts.metricsHost}:${server.port}/metrics`,
     });
 
   // The run id is the capture's, known once it is loaded; the spool and the publisher need it
@@ -198,7 +310,7 @@ export async function runProduce(argv: string[]): Promise<number> {
   let publisher: Publisher | null = null;
   const pendingLoss: Array<() => void> = [];
   const captureOptions = {
-    ringBytes: positiveInt(values['ring-bytes'], '--ring-bytes'),
+    ringBytes: opts.ringBytes,
     ...filters,
     onEvents: (events: Events) => {
       if (captureLog !== null)
@@ -225,21 +337,21 @@ export async function runProduce(argv: string[]): Promise<number> {
   const capture = startCapture(captureOptions);
   const runId = capture.runId.toString(16);
 
-  const spool = values['spool-dir']
-    ? new Spool({ dir: values['spool-dir'], maxBytes: spoolMaxBytes, overflow, runId })
+  const spool = opts.spoolDir
+    ? new Spool({ dir: opts.spoolDir, maxBytes: spoolMaxBytes, overflow, runId })
     : null;
   publisher = new Publisher({
     kafka,
     topic,
-    partitions: positiveInt(values.partitions, '--partitions'),
-    replicationFactor: positiveInt(values['replication-factor'], '--replication-factor'),
+    partitions: opts.partitions,
+    replicationFactor: opts.replicationFactor,
     schemaId: schema.id,
     valueType: schema.type,
     gapSchemaId: gapSchema.id,
     gapType: gapSchema.type,
     origin: { host: hostname(), bootId: bootId(), runId },
-    maxQueued: positiveInt(values['max-queued'], '--max-queued'),
-    maxBatch: positiveInt(values['max-batch'], '--max-batch'),
+    maxQueued: opts.maxQueued,
+    maxBatch: opts.maxBatch,
     compression,
     spool,
     overflow,
@@ -282,8 +394,40 @@ export async function runProduce(argv: string[]): Promise<number> {
   const result = await pub.stop(shutdownMs);
   if (captureLog !== null) fs.closeSync(captureLog);
   server?.close();
-  log.info('stopped', { capture: capture.stats(), publisher: pub.getStats(), ...result });
-  return failure || result.lost > 0 ? 1 : 0;
+  const lost = lossSummary(capture.stats(), pub.getStats());
+  const stopped = {
+    capture: capture.stats(),
+    publisher: pub.getStats(),
+    spooled: result.spooled,
+    gapsSpooled: result.gapsSpooled,
+    ...lost,
+  };
+  if (lost.lost > 0) log.warn('stopped', stopped);
+  else log.info('stopped', stopped);
+  // Exit status 1 when anything captured was lost, anywhere: see "Exit status" in --help.
+  return failure || lost.lost > 0 ? 1 : 0;
+}
+
+/**
+ * Every event lost during the run, by stage. The kernel's count is the larger of what the
+ * publisher was told (onLoss, or the counter fallback that polls once a second and may not
+ * have seen the last second) and the capture's own counters; the memory queue's includes what
+ * shutdown could neither send nor spool.
+ */
+export function lossSummary(
+  capture: { kernelLost: number; userDropped: number },
+  publisher: { dropped: Record<'kernel' | 'user_queue' | 'spool', number> },
+): { lost: number; lostBy: { kernel: number; userQueue: number; spool: number } } {
+  const kernel = Math.max(
+    publisher.dropped.kernel,
+    (capture.kernelLost ?? 0) + (capture.userDropped ?? 0),
+  );
+  const lostBy = {
+    kernel,
+    userQueue: publisher.dropped.user_queue,
+    spool: publisher.dropped.spool,
+  };
+  return { lost: kernel + lostBy.userQueue + lostBy.spool, lostBy };
 }
 
 /**

@@ -15,9 +15,132 @@ export function loadValueSchema(file = VALUE_SCHEMA_FILE): { text: string; type:
   return { text, type: avro.Type.forSchema(JSON.parse(text)) };
 }
 
-export function createRegistry(url: string): SchemaRegistry {
+/** Longest wait for one registry request: a registry that accepts and never answers. */
+export const REGISTRY_TIMEOUT_MS = 10_000;
+/** Attempts per registry call at start-up, with a doubling pause between them. */
+export const REGISTRY_ATTEMPTS = 3;
+const RETRY_PAUSE_MS = 500;
+/** Statuses worth another try (as platformatic/kafka's registry); anything else is an answer. */
+const TRANSIENT_STATUS = new Set([408, 425, 429, 500, 502, 503, 504]);
+
+export interface RegistryCallOptions {
+  timeoutMs?: number;
+  attempts?: number;
+  /** Told of each failed attempt: (message, { url, attempt, error }). */
+  onRetry?: (message: string, fields: Record<string, unknown>) => void;
+}
+
+/** The registry did not answer (timeouts, refused connections) or answered only with 5xx. */
+export class RegistryUnavailableError extends Error {
+  readonly code = 'TCPAUDIT_REGISTRY_UNAVAILABLE';
+  constructor(
+    message: string,
+    readonly url: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'RegistryUnavailableError';
+  }
+}
+
+/** The registry answered, but not as a Confluent-compatible one (wrong URL or wrong server). */
+export class RegistryApiError extends Error {
+  readonly code = 'TCPAUDIT_REGISTRY_API';
+  constructor(
+    message: string,
+    readonly url: string,
+  ) {
+    super(message);
+    this.name = 'RegistryApiError';
+  }
+}
+
+/**
+ * fetch with a timeout per attempt, retried on network errors, timeouts and transient statuses,
+ * each failed attempt reported with its URL. Resolves with the first other response (2xx or
+ * not: a 404 or 409 is the registry's answer, for the caller to read).
+ */
+export async function registryFetch(
+  url: string,
+  init: RequestInit = {},
+  opts: RegistryCallOptions = {},
+): Promise<Response> {
+  const timeoutMs = opts.timeoutMs ?? REGISTRY_TIMEOUT_MS;
+  const attempts = opts.attempts ?? REGISTRY_ATTEMPTS;
+  let last = '';
+  for (let attempt = 1; attempt <= attempts; attempt++) {
+    try {
+      const response = await fetch(url, { ...init, signal: AbortSignal.timeout(timeoutMs) });
+      if (!TRANSIENT_STATUS.has(response.status)) return response;
+      await response.arrayBuffer().catch(() => undefined);
+      last = `HTTP ${response.status}`;
+    } catch (err) {
+      const e = err as Error & { cause?: { code?: string; message?: string } };
+      last =
+        e.name === 'TimeoutError'
+          ? `no answer within ${timeoutMs} ms`
+          : (e.cause?.code ?? e.cause?.message ?? e.message);
+    }
+    opts.onRetry?.('schema registry request failed', {
+      url,
+      method: init.method ?? 'GET',
+      attempt,
+      of: attempts,
+      error: last,
+    });
+    if (attempt < attempts)
+      await new Promise((r) => setTimeout(r, RETRY_PAUSE_MS * 2 ** (attempt - 1)));
+  }
+  throw new RegistryUnavailableError(
+    `schema registry ${url} unreachable after ${attempts} attempts: ${last}`,
+    url,
+  );
+}
+
+/**
+ * Start-up check that `url` is a Confluent-compatible registry: GET <url>/subjects must give a
+ * JSON array. A 404 there usually means the base path is missing (Apicurio serves the
+ * Confluent API under /apis/ccompat/v7).
+ */
+export async function checkRegistry(url: string, opts: RegistryCallOptions = {}): Promise<void> {
+  const probe = `${url}/subjects`;
+  const response = await registryFetch(probe, {}, opts);
+  const body = await response.text().catch(() => '');
+  if (response.status === 404) {
+    throw new RegistryApiError(
+      `schema registry ${url} answered 404 for /subjects: the URL probably lacks ` +
+        `/apis/ccompat/v7 (Apicurio's Confluent-compatible API)`,
+      url,
+    );
+  }
+  let parsed: unknown = null;
+  try {
+    parsed = JSON.parse(body);
+  } catch {
+    parsed = null;
+  }
+  if (!response.ok || !Array.isArray(parsed)) {
+    throw new RegistryApiError(
+      `schema registry ${url} does not speak the Confluent API: GET /subjects gave ` +
+        `${response.status} ${JSON.stringify(body.slice(0, 120))}, not a JSON array`,
+      url,
+    );
+  }
+}
+
+export function createRegistry(url: string, timeoutMs = REGISTRY_TIMEOUT_MS): SchemaRegistry {
   // The client retries transient failures itself; a short budget keeps start-up errors prompt.
-  return new SchemaRegistry({ host: url, retry: { retries: 3, initialRetryTimeInSecs: 0.2 } });
+  // Each request gets a timeout: without one a registry that accepts and never answers hangs
+  // the caller for good.
+  const timeout = () => ({
+    prepareRequest: (next: () => Promise<{ enhance(extras: { timeout: number }): unknown }>) =>
+      next().then((request) => request.enhance({ timeout: timeoutMs })),
+  });
+  return new SchemaRegistry({
+    host: url,
+    retry: { retries: 3, initialRetryTimeInSecs: 0.2 },
+    middlewares: [timeout as never],
+  });
 }
 
 export interface RegisteredValueSchema {
@@ -33,9 +156,10 @@ export async function registerValueSchema(
   registry: SchemaRegistry,
   registryUrl: string,
   topic: string,
+  opts: RegistryCallOptions = {},
 ): Promise<RegisteredValueSchema> {
   const { text, type } = loadValueSchema();
-  await setCompatibility(registryUrl, valueSubject(topic), COMPATIBILITY.BACKWARD);
+  await setCompatibility(registryUrl, valueSubject(topic), COMPATIBILITY.BACKWARD, opts);
   const { id } = await registry.register(
     { type: SchemaType.AVRO, schema: text },
     { subject: valueSubject(topic), compatibility: COMPATIBILITY.BACKWARD },
@@ -48,13 +172,22 @@ export async function registerValueSchema(
  * GET /config/{subject} and insists on 404 or its own level: Apicurio answers a subject with no
  * level of its own with 200 and the global level, which the client would take as a mismatch.
  */
-export async function setCompatibility(registryUrl: string, subject: string, level: string) {
+export async function setCompatibility(
+  registryUrl: string,
+  subject: string,
+  level: string,
+  opts: RegistryCallOptions = {},
+) {
   const url = `${registryUrl}/config/${encodeURIComponent(subject)}`;
-  const response = await fetch(url, {
-    method: 'PUT',
-    headers: { 'Content-Type': 'application/vnd.schemaregistry.v1+json' },
-    body: JSON.stringify({ compatibility: level }),
-  });
+  const response = await registryFetch(
+    url,
+    {
+      method: 'PUT',
+      headers: { 'Content-Type': 'application/vnd.schemaregistry.v1+json' },
+      body: JSON.stringify({ compatibility: level }),
+    },
+    opts,
+  );
   if (!response.ok) {
     const body = await response.text().catch(() => '');
     throw new Error(

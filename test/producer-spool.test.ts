@@ -196,13 +196,17 @@ describe('spool full', { skip }, () => {
       );
       // Events captured while Kafka was still starting were dropped too: the final count is it.
       const lost = last.get('tcpaudit_producer_events_dropped_total{stage="spool"}')!;
-      assert.equal(await producer.stop(), 0);
+      // Anything lost makes the exit status 1, and the summary counts it (SPOOL_FULL included).
+      assert.equal(await producer.stop(), 1, 'exit status 1 when events were lost');
       const stopped = producer.logs.find((l) => l.msg === 'stopped') as Record<string, any>;
       assert.equal(
         stopped.publisher.dropped.spool,
         lost,
         'nothing dropped once the spool was replayed',
       );
+      assert.equal(stopped.level, 'warn');
+      assert.equal(stopped.lost, lost, 'the final "lost" counts the spool\'s drops');
+      assert.deepEqual(stopped.lostBy, { kernel: 0, userQueue: 0, spool: lost });
 
       const gaps = await readTopic(kafka.brokers, `${topic}.gaps`, schemaPath('capture-gap.avsc'));
       const spoolGaps = gaps.filter((g) => g.value.reason === 'SPOOL_FULL');
