@@ -71,8 +71,10 @@ fetch_pom() {
   fi
   log "fetching $(basename "$(dirname "$pom")") artifacts from Maven Central"
   tmp="$(mktemp -d "$HOME_DIR/.fetch.XXXXXX")"
-  # -q keeps Maven quiet; its stdout goes to stderr so stdout stays free for callers.
-  mvn -B -q --no-transfer-progress -f "$pom" "dependency:$goal" -DincludeScope=runtime \
+  # -q keeps Maven quiet, -B and style.color=never keep colour codes and progress out of logs;
+  # its stdout goes to stderr so stdout stays free for callers.
+  mvn -B -q --no-transfer-progress -Dstyle.color=never -f "$pom" "dependency:$goal" \
+    -DincludeScope=runtime \
     -DoutputDirectory="$tmp/jars" >&2
   if [ "$unpack" = yes ]; then
     mkdir -p "$tmp/out"

@@ -19,9 +19,11 @@ Runs the local development stack (PostgreSQL, Kafka, schema registry) on 127.0.0
 with data and logs under .tcpaudit/. Install its binaries first: scripts/setup-stack.sh
 
 Commands:
-  up        start every service not already running; wait until all are healthy
+  up        start every service not already running; wait until all are healthy (a
+            healthy service already on its port, started elsewhere, is reused)
   down      stop the services this stack started (SIGTERM, then SIGKILL); data is kept
-  status    one line per service: running, pid, port, healthy (exit 3 if any is not)
+  status    one line per service: running, pid, port, healthy (exit 3 if any is not);
+            a healthy service another checkout started shows pid "started elsewhere"
   env       print the endpoints as shell assignments, e.g. eval "$(tcpaudit stack env)"
 
 Options:
@@ -52,13 +54,13 @@ function parse(args: string[]): Parsed {
 }
 
 function table(rows: ServiceStatus[]): string {
-  const widths = [10, 9, 9, 7, 9];
+  const widths = [10, 9, 19, 7, 9];
   const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join('');
   const body = rows.map((r) =>
     line([
       r.name,
       r.running ? 'yes' : 'no',
-      String(r.pid ?? '-'),
+      r.pid !== null ? String(r.pid) : r.startedElsewhere ? 'started elsewhere' : '-',
       String(r.port),
       r.healthy ? 'yes' : 'no',
       r.logFile,
@@ -82,9 +84,14 @@ export async function runStackCommand(args: string[]): Promise<number> {
     return 2;
   }
   const { command, flags, services } = parsed;
-  if (flags.has('-h') || flags.has('--help') || command === undefined || command === 'help') {
+  if (flags.has('-h') || flags.has('--help') || command === 'help') {
     process.stdout.write(STACK_USAGE);
     return 0;
+  }
+  if (command === undefined) {
+    // Like a bare `tcpaudit`: a missing command is a usage mistake, not a request for help.
+    process.stderr.write(`tcpaudit stack: no command given\n\n${STACK_USAGE}`);
+    return 2;
   }
   try {
     switch (command) {

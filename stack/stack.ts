@@ -33,7 +33,10 @@ export interface StackOptions {
 export interface ServiceStatus {
   name: ServiceName;
   running: boolean;
+  /** Our process (per this checkout's pid file), or null. */
   pid: number | null;
+  /** Healthy on its port without being ours: another checkout (or clone) started it. */
+  startedElsewhere: boolean;
   port: number;
   healthy: boolean;
   logFile: string;
@@ -85,11 +88,17 @@ async function startOne(svc: Service, log: Logger): Promise<void> {
     return;
   }
   removePid(svc.paths.pidFile);
+  // Another checkout's stack (same ports) that serves what we need is as good as ours.
+  if (await svc.probe()) {
+    log.info(`${svc.name} already running, started elsewhere: reusing it`, { port: svc.port });
+    return;
+  }
   for (const port of svc.ports) {
     if (await portInUse(HOST, port)) {
       throw new Error(
-        `${svc.name}: port ${port} on ${HOST} is taken by a process this stack ` +
-          `did not start (no live pid in ${svc.paths.pidFile}); stop it or free the port`,
+        `${svc.name}: port ${port} on ${HOST} is taken by something that is not a healthy ` +
+          `${svc.name} this stack started (no live pid in ${svc.paths.pidFile}); ` +
+          `stop it or free the port`,
       );
     }
   }
@@ -142,7 +151,9 @@ export async function stackDown(opts: StackOptions = {}): Promise<void> {
         const pid = ownedPid(svc.paths.pidFile, svc.marker);
         if (pid === null) {
           removePid(svc.paths.pidFile);
-          log.info(`${svc.name} not running`);
+          if (await svc.probe())
+            log.info(`${svc.name} started elsewhere: left running`, { port: svc.port });
+          else log.info(`${svc.name} not running`);
           return;
         }
         const how = await stopPid(pid, svc.stopSignal, 30_000);
@@ -157,13 +168,16 @@ export async function stackStatus(opts: StackOptions = {}): Promise<ServiceStatu
   return Promise.all(
     pick(opts).map(async (svc) => {
       const pid = ownedPid(svc.paths.pidFile, svc.marker);
+      // The probe is a real login, metadata round trip or ccompat call: a service that passes
+      // it serves our clients, whichever checkout started it (a second clone shares ports).
+      const healthy = await svc.probe();
       return {
         name: svc.name,
-        running: pid !== null,
+        running: pid !== null || healthy,
         pid,
+        startedElsewhere: pid === null && healthy,
         port: svc.port,
-        // Probe only our own process: a stranger on the port must not look like our stack.
-        healthy: pid !== null && (await svc.probe()),
+        healthy,
         logFile: svc.paths.logFile,
       };
     }),
