@@ -251,7 +251,8 @@ Napi::Value Capture::seedListeners(const Napi::CallbackInfo &info) {
   out.Set("inserted", Napi::Number::New(env, result.inserted));
   out.Set("existed", Napi::Number::New(env, result.existed));
   out.Set("failed", Napi::Number::New(env, result.failed));
-  out.Set("firstError", Napi::String::New(env, result.firstError ? strerror(result.firstError) : ""));
+  const char *why = result.firstError ? strerror(result.firstError) : "";
+  out.Set("firstError", Napi::String::New(env, why));
   return out;
 }
 

@@ -133,9 +133,17 @@ function pythonListener(): Promise<{ child: ChildProcess; p4: number; p6: number
       'sys.stdin.read()\n',
   ]);
   return new Promise((ok, fail) => {
+    let out = '';
+    const timer = setTimeout(
+      () => fail(new Error(`python3 listener: no ports in 5 s: ${out}`)),
+      5000,
+    );
     child.once('error', fail);
-    child.stdout.once('data', (d: Buffer) => {
-      const [p4, p6] = d.toString().trim().split(' ').map(Number);
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (!out.includes('\n')) return;
+      clearTimeout(timer);
+      const [p4, p6] = out.trim().split(' ').map(Number);
       ok({ child, p4, p6 });
     });
   });

@@ -335,9 +335,8 @@ export function validateSeeds(seeds: unknown): ListenerSeed[] {
       typeof s.comm !== 'string' ||
       Buffer.byteLength(s.comm) > COMM_BYTES
     ) {
-      throw new TypeError(
-        `invalid listener seed ${JSON.stringify(s, (_k, v) => (typeof v === 'bigint' ? String(v) : v))}`,
-      );
+      const text = JSON.stringify(s, (_k, v) => (typeof v === 'bigint' ? String(v) : v));
+      throw new TypeError(`invalid listener seed ${text}`);
     }
   }
   return seeds as ListenerSeed[];
