@@ -1,6 +1,7 @@
 import {
   Kafka,
   logLevel,
+  Partitioners,
   type Consumer,
   type EachBatchPayload,
   type KafkaConfig,
