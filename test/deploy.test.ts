@@ -41,11 +41,16 @@ function sourceText(): string {
 
 const SOURCE = sourceText();
 
-/** Environment variables the code reads: process.env.X, env.X (an env parameter), env['X']. */
+/**
+ * Environment variables the code reads: process.env.X, env.X (an env parameter), env['X'], and
+ * the name handed with an env to common/config.ts's pickSetting (`env, 'X'`).
+ */
 const ENV_READ = new Set(
-  [...SOURCE.matchAll(/\benv(?:\.([A-Z][A-Z0-9_]*)|\[['"]([A-Z][A-Z0-9_]*)['"]\])/g)].map(
-    (m) => m[1] ?? m[2],
-  ),
+  [
+    ...SOURCE.matchAll(
+      /\benv(?:\.([A-Z][A-Z0-9_]*)|\[['"]([A-Z][A-Z0-9_]*)['"]\]|,\s*['"]([A-Z][A-Z0-9_]*)['"])/g,
+    ),
+  ].map((m) => m[1] ?? m[2] ?? m[3]),
 );
 
 /** Flags a command accepts, from its own --help (the compiled CLI). */
