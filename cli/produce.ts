@@ -19,6 +19,7 @@ import {
   valueSubject,
 } from '../common/registry';
 import {
+  DEFAULT_RING_BYTES,
   startCapture,
   validateFilters,
   validateRingBytes,
@@ -48,7 +49,7 @@ Options:
                           each is tried 3 times, and start-up fails (exit 1) if none answers
   --partitions N          partitions when the topic is created (default 6)
   --replication-factor N  replicas when the topic is created (default 1)
-  --ring-bytes N          kernel ring buffer size, a power of two (default 8388608)
+  --ring-bytes N          kernel ring buffer size, a power of two (default ${DEFAULT_RING_BYTES})
   --port P                only connections with local or remote port P (repeatable, up to 8)
   --cidr CIDR             only connections with an address in CIDR (repeatable, up to 4)
   --netns NS              only sockets of one network namespace: inode, or a path such as
@@ -217,7 +218,7 @@ const OPTIONS = {
   registry: { type: 'string' },
   partitions: { type: 'string', default: '6' },
   'replication-factor': { type: 'string', default: '1' },
-  'ring-bytes': { type: 'string', default: String(8 << 20) },
+  'ring-bytes': { type: 'string', default: String(DEFAULT_RING_BYTES) },
   port: { type: 'string', multiple: true },
   cidr: { type: 'string', multiple: true },
   netns: { type: 'string' },

@@ -10,7 +10,7 @@
 
 // Batches waiting for JS; past this the drain drops and counts instead of queueing more.
 static constexpr size_t kMaxQueuedBatches = 64;
-static constexpr uint64_t kDefaultRingBytes = 8u << 20;
+static constexpr uint64_t kDefaultRingBytes = 64u << 20;  // as DEFAULT_RING_BYTES in TS
 
 Napi::Function Capture::define(Napi::Env env) {
   return DefineClass(env, "Capture",

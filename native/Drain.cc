@@ -74,24 +74,26 @@ int Drain::onSample(void *ctx, void *data, size_t size) {
   auto *bytes = static_cast<const uint8_t *>(data);
   self->mBatch->bytes.insert(self->mBatch->bytes.end(), bytes, bytes + TCPAUDIT_RECORD_SIZE);
   self->mBatch->count++;
-  if (self->mBatch->count >= kMaxBatchRecords) {
-    self->flush();
+  if (self->mBatch->count >= kMaxBatchRecords && !self->flush()) {
+    // JS is behind: stop consuming, so the records wait in the kernel's ring buffer (whose
+    // overflow the kernel counts) instead of being dropped here.
+    return -EAGAIN;
   }
   return 0;
 }
 
-void Drain::flush() {
+bool Drain::flush(bool stopping) {
   Batch *batch = mBatch;
-  mBatch = nullptr;
   if (!batch) {
-    return;
+    return true;
   }
   uint32_t count = batch->count;
   if (mClosing) {
+    mBatch = nullptr;
     mStats.userDropped += count;
     mStats.droppedBatches++;
     delete batch;
-    return;
+    return true;
   }
   batch->clockOffsetNs = clockOffsetNs();
 
@@ -110,18 +112,25 @@ void Drain::flush() {
 
   napi_status status = mTsfn.NonBlockingCall(batch, toJs);
   if (status == napi_ok) {
+    mBatch = nullptr;
     mStats.batches++;
     mStats.events += count;
-    return;
+    return true;
   }
-  // napi_queue_full: JS is behind; napi_closing: the environment is shutting down. Either way
-  // the batch is dropped and counted, never waited for.
+  // napi_queue_full: JS is behind. The batch is kept and sent again later, unless the capture
+  // is stopping: the JS thread is then waiting for this thread to end and cannot take it.
+  if (status == napi_queue_full && !stopping) {
+    return false;
+  }
+  // napi_closing (the environment is going away), or full at stop: dropped and counted.
   if (status == napi_closing) {
     mClosing = true;
   }
+  mBatch = nullptr;
   mStats.userDropped += count;
   mStats.droppedBatches++;
   delete batch;
+  return true;
 }
 
 void Drain::run() {
@@ -129,22 +138,31 @@ void Drain::run() {
       {ring_buffer__epoll_fd(mRing), POLLIN, 0},
       {mWakeFd, POLLIN, 0},
   };
+  bool behind = false;  // JS's queue was full at the last try
   for (;;) {
-    // Paused: watch only the stop eventfd, or a ready ring would make poll() spin.
+    // Paused, or waiting for JS to catch up: watch only the stop eventfd, or a ready ring
+    // would make poll() spin. Behind, retry soon: JS takes a batch in well under a ms.
     bool paused = mPaused.load();
-    int n = paused ? poll(&fds[1], 1, kDrainIntervalMs) : poll(fds, 2, kDrainIntervalMs);
+    bool ringIdle = paused || behind;
+    int timeout = behind ? 1 : kDrainIntervalMs;
+    int n = ringIdle ? poll(&fds[1], 1, timeout) : poll(fds, 2, timeout);
     bool stopping = n > 0 && (fds[1].revents & POLLIN);
     if (paused && !stopping) {
+      continue;
+    }
+    // A full batch still waiting for JS goes first; until it leaves, the ring is not read.
+    bool full = mBatch && mBatch->count >= kMaxBatchRecords;
+    if (behind && full && !stopping && !flush(false)) {
       continue;
     }
 
     // Consume even on a timeout: with BPF_RB_NO_WAKEUP the epoll fd rarely fires.
     int err = ring_buffer__consume(mRing);
-    if (err < 0 && err != -EINTR) {
+    if (err < 0 && err != -EINTR && err != -EAGAIN) {
       // XXX: a consume error has no JS channel yet; it can only come from a corrupt ring.
       fprintf(stderr, "tcpaudit: failed to consume ring buffer: %s\n", strerror(-err));
     }
-    flush();
+    behind = !flush(stopping);
     if (stopping) {
       break;
     }

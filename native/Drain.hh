@@ -26,8 +26,9 @@ struct Batch {
 };
 
 // Owns the thread that drains the ring buffer every ~10 ms and sends batches to JS through a
-// bounded thread-safe function. The drain never blocks on JS: a full queue drops the batch
-// and counts it.
+// bounded thread-safe function. The drain never blocks on JS: while JS's queue is full it
+// keeps its batch and stops reading the ring, so records wait in the kernel's buffer, whose
+// overflow the BPF side counts. Only at stop is a batch JS cannot take dropped (and counted).
 class Drain {
 public:
   // JS thread: opens a reader on the ring buffer map and starts the thread. `tsfn` is taken
@@ -47,7 +48,9 @@ public:
 
 private:
   void run();    // drain thread
-  void flush();  // drain thread
+  // Drain thread: hands the current batch to JS; false when JS's queue is full and the batch
+  // was kept. `stopping`: drop and count it instead of keeping it.
+  bool flush(bool stopping = false);
 
   ring_buffer *mRing = nullptr;
   Napi::ThreadSafeFunction mTsfn;

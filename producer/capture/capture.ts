@@ -15,8 +15,12 @@ import { SeqTracker, type LossInfo } from './loss';
 export type { LossInfo } from './loss';
 export type { CapturedEvent, ProcSource } from './decode';
 
-/** Default kernel ring buffer: 8 MiB holds about 50,000 records between two 10 ms drains. */
-export const DEFAULT_RING_BYTES = 8 << 20;
+/**
+ * Default kernel ring buffer: 64 MiB, about 400,000 records. It is what absorbs a burst while
+ * JavaScript is busy (the drain stops reading when JS falls behind, see native/Drain.cc): with
+ * 8 MiB, bench/capture.js lost events at the fastest loopback storm of a 2-core machine.
+ */
+export const DEFAULT_RING_BYTES = 64 << 20;
 const MAX_RING_BYTES = 1 << 30;
 const PAGE_SIZE = 4096; // x86_64, the only architecture bpf/ builds for
 
