@@ -65,6 +65,8 @@ describe('capture identity with real sockets', { skip }, () => {
     const bpftrace =
       tracefs && spawnSync('bpftrace', ['--version']).status === 0
         ? spawn('bpftrace', [
+            '-B', // unbuffered, so a SIGKILL (see below) loses none of what it printed
+            'none',
             '-e',
             `tracepoint:sock:inet_sock_set_state /args->newstate == 7 && ` +
               `(args->sport == ${port} || args->dport == ${port})/ { printf("%llx\\n", args->skaddr); }`,
@@ -100,7 +102,10 @@ describe('capture identity with real sockets', { skip }, () => {
 
     if (bpftrace) {
       bpftrace.kill('SIGINT');
+      // bpftrace sometimes ignores SIGINT here (stuck in epoll_wait): never wait forever
+      const stubborn = setTimeout(() => bpftrace.kill('SIGKILL'), 5000);
       await new Promise((r) => bpftrace.once('exit', r));
+      clearTimeout(stubborn);
       const skaddrs = addrs.split('\n').filter((l) => /^[0-9a-f]+$/.test(l));
       const distinct = new Set(skaddrs).size;
       t.diagnostic(`${skaddrs.length} closes over ${distinct} distinct kernel sock addresses`);
