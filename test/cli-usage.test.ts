@@ -6,6 +6,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { endpoints } from './harness';
 import { CLI } from './processes';
 
 /**
@@ -242,8 +243,9 @@ describe('tcpaudit stack', () => {
     });
 
   test('status and up from another checkout see a healthy stack as started elsewhere', async (t) => {
+    await endpoints(); // with no endpoints given, this starts the native stack
     const answering = await Promise.all([15432, 19092, 18081].map(probe));
-    if (!answering.every(Boolean)) return t.skip('no local stack on the standard ports');
+    if (!answering.every(Boolean)) return t.skip('the endpoints given are not the local stack');
     const home = fs.mkdtempSync(path.join(os.tmpdir(), 'tcpaudit-clone-'));
     try {
       const env = { TCPAUDIT_STACK_DIR: home };
