@@ -337,6 +337,14 @@ export async function runProduce(argv: string[]): Promise<number> {
   };
   const capture = startCapture(captureOptions);
   const runId = capture.runId.toString(16);
+  // Servers that listened before capture started: how many got their process, and why not.
+  void capture.listeners.then(
+    (report) => {
+      if (report.why) log.warn('listeners seeded', { ...report });
+      else log.info('listeners seeded', { ...report });
+    },
+    (err) => log.warn('listeners not seeded', { error: err }),
+  );
 
   const spool = opts.spoolDir
     ? new Spool({ dir: opts.spoolDir, maxBytes: spoolMaxBytes, overflow, runId })
