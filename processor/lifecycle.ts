@@ -3,6 +3,8 @@
  * rules can be tested with tables of kernel transition paths and no database.
  */
 
+import { TCP_STATES } from '../common/event';
+
 /** One state change as the processor sees it: RFC 793 state names, time in microseconds. */
 export interface StateChange {
   connId: string;
@@ -85,21 +87,10 @@ export interface Connection {
   srttUs: number;
 }
 
-export const KNOWN_STATES = new Set([
-  'ESTABLISHED',
-  'SYN-SENT',
-  'SYN-RECEIVED',
-  'FIN-WAIT-1',
-  'FIN-WAIT-2',
-  'TIME-WAIT',
-  'CLOSED',
-  'CLOSE-WAIT',
-  'LAST-ACK',
-  'LISTEN',
-  'CLOSING',
-  'NEW-SYN-RECEIVED',
-  'BOUND-INACTIVE',
-]);
+/** Every kernel state; UNKNOWN is only the decoder's placeholder for a number it lacks. */
+export const KNOWN_STATES: ReadonlySet<string> = new Set(
+  TCP_STATES.filter((state) => state !== 'UNKNOWN'),
+);
 
 /**
  * Every move the Linux kernel reports on inet_sock_set_state for one socket. A pair not listed
