@@ -65,7 +65,10 @@ export interface CaptureStats {
   /** Socket-local storage that could not be created: those events got a one-off connId. */
   sockMapErrors: number;
   listenerMapErrors: number;
-  /** Records dropped in the addon because JS fell more than 64 batches behind. */
+  /**
+   * Records dropped in the addon: only a batch JS could not take when capture stopped (while
+   * running, a JS that falls behind makes the drain stop reading the ring instead).
+   */
   userDropped: number;
   droppedBatches: number;
   /** Batches and records handed to JS by the addon. */
@@ -121,17 +124,19 @@ export interface CaptureHandle {
   stop(): Promise<void>;
 }
 
-interface NativeStats {
-  kernelLost: number;
-  sockMapErrors: number;
-  listenerMapErrors: number;
-  userDropped: number;
-  droppedBatches: number;
-  batches: number;
-  events: number;
-  progRunTimeNs: number;
-  progRunCount: number;
-}
+/** The counters the addon keeps; the rest of CaptureStats is counted here. */
+type NativeStats = Pick<
+  CaptureStats,
+  | 'kernelLost'
+  | 'sockMapErrors'
+  | 'listenerMapErrors'
+  | 'userDropped'
+  | 'droppedBatches'
+  | 'batches'
+  | 'events'
+  | 'progRunTimeNs'
+  | 'progRunCount'
+>;
 
 interface NativeCapture {
   stats(): NativeStats;
