@@ -11,12 +11,13 @@ if [[ $(id -u) -ne 0 ]]; then
 	exit 1
 fi
 
-# npm ci only when the lock file changed since the last install.
+# npm ci only when the lock file or our patches to packages (patches/, applied by npm's
+# postinstall) changed since the last install.
 stamp=node_modules/.tcpaudit-lock
-if ! cmp -s package-lock.json "$stamp" 2>/dev/null; then
+if ! cat package-lock.json patches/*.patch | cmp -s - "$stamp" 2>/dev/null; then
 	echo "setup: installing npm packages" >&2
 	npm ci --no-audit --no-fund --loglevel=error
-	cp package-lock.json "$stamp"
+	cat package-lock.json patches/*.patch >"$stamp"
 fi
 
 bash scripts/setup-capture.sh

@@ -4,7 +4,9 @@
 
 FROM node:20-bookworm AS build
 WORKDIR /src
+# patches/ before npm ci: its postinstall applies them (see patches/README.md).
 COPY package.json package-lock.json ./
+COPY patches ./patches
 RUN npm ci --no-audit --no-fund --loglevel=error
 COPY . .
 RUN npx tsc -p tsconfig.json \

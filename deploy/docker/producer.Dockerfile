@@ -9,7 +9,9 @@ RUN apt-get update \
       bpftool pkg-config make g++ python3 \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+# patches/ before npm ci: its postinstall applies them (see patches/README.md).
 COPY package.json package-lock.json ./
+COPY patches ./patches
 RUN npm ci --no-audit --no-fund --loglevel=error
 COPY . .
 # vmlinux.h is dumped here from the build host's BTF (bpf/Makefile), never taken from the
