@@ -28,7 +28,7 @@ import {
 import { bootId } from '../producer/capture/decode';
 import { registerGapSchema } from '../producer/gaps';
 import { ProducerMetrics, serveMetrics } from '../producer/metrics';
-import { COMPRESSION, Publisher, type Compression } from '../producer/publisher';
+import { COMPRESSIONS, Publisher, type Compression } from '../producer/publisher';
 import { Spool, type Overflow } from '../producer/spool';
 import { hostname } from 'node:os';
 import { asUsage, netnsInode, positiveInt, untilSignal, UsageError } from './options';
@@ -162,11 +162,7 @@ async function checkSettings(values: Values) {
   const { topic } = asUsage(() => kafkaSettings(values, 'tcpaudit-producer'));
   const kafka = asUsage(() => kafkaClientSettings(values, 'tcpaudit-producer'));
   const { url } = asUsage(() => registrySettings(values));
-  const compression = oneOf(
-    values.compression!,
-    Object.keys(COMPRESSION) as Compression[],
-    '--compression',
-  );
+  const compression = oneOf(values.compression!, COMPRESSIONS, '--compression');
   const overflow = oneOf(
     values.overflow!,
     ['drop-oldest', 'drop-newest'] as Overflow[],

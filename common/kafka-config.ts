@@ -191,6 +191,41 @@ export function kafkaClientSettings(
   return { brokers, clientId, tls, sasl };
 }
 
+/** KafkaClientSettings as they cross to a worker thread, secrets as plain fields. */
+export interface KafkaSettingsMessage {
+  brokers: string[];
+  clientId: string;
+  tls: (Omit<KafkaTls, 'key'> & { key?: string }) | null;
+  sasl: (Omit<KafkaSasl, 'password'> & { password: string }) | null;
+}
+
+/**
+ * For postMessage/workerData: a structured clone copies enumerable properties only, so the
+ * hidden key and password are spelled out here and hidden again by `settingsFromMessage`.
+ */
+export function settingsToMessage(s: KafkaClientSettings): KafkaSettingsMessage {
+  return {
+    brokers: [...s.brokers],
+    clientId: s.clientId,
+    tls: s.tls ? { ...s.tls, key: s.tls.key } : null,
+    sasl: s.sasl ? { ...s.sasl, password: s.sasl.password } : null,
+  };
+}
+
+export function settingsFromMessage(m: KafkaSettingsMessage): KafkaClientSettings {
+  let tls: KafkaTls | null = null;
+  if (m.tls) {
+    const { key, ...rest } = m.tls;
+    tls = hide(rest as KafkaTls, 'key', key);
+  }
+  let sasl: KafkaSasl | null = null;
+  if (m.sasl) {
+    const { password, ...rest } = m.sasl;
+    sasl = hide(rest as KafkaSasl, 'password', password);
+  }
+  return { brokers: m.brokers, clientId: m.clientId, tls, sasl };
+}
+
 /** What can be logged about the settings: no secrets, only whether they are set. */
 export function describeKafka(s: KafkaClientSettings): Record<string, unknown> {
   return {

@@ -1,17 +1,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import {
-  Kafka,
-  Partitioners,
-  logLevel,
-  CompressionTypes,
-  type Producer,
-  type Message,
-} from 'kafkajs';
 import type avro from 'avsc';
 import type { TcpEvent } from '../common/event';
 import type { Logger } from '../common/log';
-import { kafkajsConfig, type KafkaClientSettings } from '../common/kafka-config';
+import type { KafkaClientSettings } from '../common/kafka-config';
+import { CODECS, type Codec, type WorkerLog } from './kafka-messages';
+import { KafkaThread } from './kafka-thread';
 import type { DropStage, ProducerMetrics } from './metrics';
 import { toAvro } from './record';
 import type { Dropped, Lease, Overflow, Spool } from './spool';
@@ -26,8 +20,8 @@ import type { Dropped, Lease, Overflow, Spool } from './spool';
  * gzip pays in CPU (on this 2-core bench machine, gzip publishes about a quarter fewer events
  * a second than none): `--compression none` is there for CPU-starved hosts next to their broker.
  */
-export const COMPRESSION = { gzip: CompressionTypes.GZIP, none: CompressionTypes.None } as const;
-export type Compression = keyof typeof COMPRESSION;
+export const COMPRESSIONS = CODECS;
+export type Compression = Codec;
 
 export type GapReason =
   'KERNEL_RING_FULL' | 'USER_QUEUE_FULL' | 'SPOOL_FULL' | 'DECODE_FAILED' | 'UNKNOWN';
@@ -108,30 +102,6 @@ interface AvroEncoder {
   encode(value: unknown, buf: Buffer, pos: number): number;
 }
 
-/**
- * kafkajs' default partitioner (murmur2 of the key, as Java clients hash) with the answer
- * remembered per key: each connection sends several events, and the stock one hashes and
- * filters the partition list again for every message.
- */
-function cachedKeyPartitioner() {
-  const inner = Partitioners.DefaultPartitioner();
-  let cache = new Map<string, number>();
-  let partitions = -1;
-  return (args: Parameters<ReturnType<typeof Partitioners.DefaultPartitioner>>[0]): number => {
-    const key = args.message.key;
-    if (typeof key !== 'string') return inner(args);
-    if (args.partitionMetadata.length !== partitions || cache.size > 200_000) {
-      cache = new Map();
-      partitions = args.partitionMetadata.length;
-    }
-    let p = cache.get(key);
-    if (p === undefined) {
-      p = inner(args);
-      cache.set(key, p);
-    }
-    return p;
-  };
-}
 const RETRY_MIN_MS = 250;
 const RETRY_MAX_MS = 5000;
 
@@ -147,8 +117,8 @@ export const gapsTopic = (topic: string) => `${topic}.gaps`;
  * (which numbers each partition's batches) lets the broker discard a batch it already wrote.
  */
 export class Publisher {
-  private readonly kafka: Kafka;
-  private readonly producer: Producer;
+  /** The Kafka client, in a worker thread of its own: see producer/kafka-worker.ts. */
+  private readonly kafka: KafkaThread;
   private readonly log: Logger;
   private readonly metrics: ProducerMetrics;
   private queue: Pending[] = [];
@@ -179,37 +149,12 @@ export class Publisher {
   constructor(private readonly opts: PublisherOptions) {
     this.log = opts.log;
     this.metrics = opts.metrics;
-    this.kafka = new Kafka({
-      ...kafkajsConfig(opts.kafka),
-      logLevel: logLevel.WARN,
-      // The drain loop retries forever; kafkajs' own retries only need to ride out a leader
-      // move, not an outage, so a failed request comes back quickly and is counted.
-      retry: { retries: 3, initialRetryTime: 100, maxRetryTime: 1000 },
-      connectionTimeout: 3000,
-      logCreator:
-        () =>
-        ({ namespace, level, log }) => {
-          const { message, ...extra } = log;
-          // While Kafka is away kafkajs logs every failed attempt as an error; the drain loop
-          // says it once ('kafka unavailable'), so kafkajs' own lines go to debug meanwhile.
-          const fields = { namespace, ...extra };
-          const away = !this.connected || this.lastError !== '';
-          if (level <= logLevel.ERROR && !away) opts.log.warn(String(message), fields);
-          else opts.log.debug(String(message), fields);
-        },
-    });
-    // Idempotence needs one request in flight per broker (kafkajs' rule), which also keeps
-    // per-partition order through retries.
-    this.producer = this.kafka.producer({
-      idempotent: true,
-      maxInFlightRequests: 1,
-      createPartitioner: cachedKeyPartitioner,
-      // kafkajs retries an idempotent send forever unless told otherwise, and warns when told:
-      // here the drain loop resends the very same batch after a failure, with the same
-      // sequence numbers (kafkajs advances them only on success), which is what its own
-      // retry would do, but a send that gives up lets shutdown spool the batch instead of hanging.
-      retry: { retries: 5, initialRetryTime: 100, maxRetryTime: 2000 },
-    });
+    const topics = [opts.topic, gapsTopic(opts.topic)].map((topic) => ({
+      topic,
+      partitions: opts.partitions,
+      replicationFactor: opts.replicationFactor,
+    }));
+    this.kafka = new KafkaThread(opts.kafka, topics, (line) => this.kafkaLog(line));
     if (opts.spool) this.loadGaps();
     if (opts.spool && opts.spool.records > 0) {
       this.spilling = true;
@@ -227,30 +172,18 @@ export class Publisher {
   }
 
   private async connect(): Promise<void> {
-    await this.producer.connect();
-    const admin = this.kafka.admin();
-    await admin.connect();
-    try {
-      for (const topic of [this.opts.topic, gapsTopic(this.opts.topic)]) {
-        const created = await admin.createTopics({
-          waitForLeaders: true,
-          topics: [
-            {
-              topic,
-              numPartitions: this.opts.partitions,
-              replicationFactor: this.opts.replicationFactor,
-            },
-          ],
-        });
-        this.log.info(created ? 'topic created' : 'topic exists', {
-          topic,
-          partitions: this.opts.partitions,
-        });
-      }
-    } finally {
-      await admin.disconnect();
-    }
+    await this.kafka.connect();
     this.connected = true;
+  }
+
+  private kafkaLog(line: WorkerLog): void {
+    const { level, message, fields } = line;
+    if (line.source === 'worker') return this.log[level](message, fields);
+    // While Kafka is away kafkajs logs every failed attempt as an error; the drain loop says
+    // it once ('kafka unavailable'), so kafkajs' own lines go to debug meanwhile.
+    const away = !this.connected || this.lastError !== '';
+    if (level === 'error' && !away) this.log.warn(message, fields);
+    else this.log.debug(message, fields);
   }
 
   /**
@@ -449,16 +382,8 @@ export class Publisher {
   }
 
   private async sendBatch(batch: Pending[]): Promise<void> {
-    const messages: Message[] = new Array(batch.length);
-    for (let i = 0; i < batch.length; i++)
-      messages[i] = { key: batch[i].key, value: batch[i].value };
     const started = process.hrtime.bigint();
-    await this.producer.send({
-      topic: this.opts.topic,
-      acks: -1,
-      compression: COMPRESSION[this.opts.compression],
-      messages,
-    });
+    await this.kafka.send(this.opts.topic, this.opts.compression, batch);
     if (this.closed) return; // stop() gave up on this send and spooled the batch
     this.metrics.publishLatency.observe(Number(process.hrtime.bigint() - started) / 1e9);
     this.metrics.batchSize.observe(batch.length);
@@ -469,7 +394,9 @@ export class Publisher {
     for (const item of batch) {
       if (item.lease && --item.lease.left === 0) item.lease.lease.release();
     }
-    if (this.head > 65536 && this.head * 2 > this.queue.length) {
+    // Sent entries still hold their slabs: drop them once they outnumber the live ones (so the
+    // copy is paid for by as many sends) and fill more than a batch.
+    if (this.head >= this.opts.maxBatch && this.head * 2 > this.queue.length) {
       this.queue = this.queue.slice(this.head);
       this.head = 0;
     }
@@ -497,7 +424,7 @@ export class Publisher {
       return { key: host, value };
     });
     try {
-      await this.producer.send({ topic: gapsTopic(this.opts.topic), acks: -1, messages });
+      await this.kafka.send(gapsTopic(this.opts.topic), 'none', messages);
     } finally {
       this.gapsInFlight = 0;
     }
@@ -563,7 +490,7 @@ export class Publisher {
       if (this.lastError) break; // Kafka is away: spool instead of waiting out the deadline
     }
     const result = this.persistRest();
-    await this.producer.disconnect().catch(() => undefined);
+    await this.kafka.close(2000);
     this.opts.spool?.close();
     this.updateGauges();
     return result;
@@ -572,7 +499,9 @@ export class Publisher {
   /** For a second signal: no more waiting, memory and gap records go to the spool now. */
   abort(): StopResult {
     if (this.timer) clearInterval(this.timer);
-    return this.persistRest();
+    const result = this.persistRest();
+    this.kafka.terminate();
+    return result;
   }
 
   private persistRest(): StopResult {

@@ -6,6 +6,8 @@ import {
   kafkaClientSettings,
   kafkajsConfig,
   KafkaConfigError,
+  settingsFromMessage,
+  settingsToMessage,
 } from '../common/kafka-config';
 import { endpoints, uniqueName } from './harness';
 import { runCli } from './processes';
@@ -51,6 +53,26 @@ describe('Kafka client settings', () => {
     assert.equal(s.tls?.rejectUnauthorized, true);
     assert.ok(!JSON.stringify(s).includes('SECRET'));
     assert.ok(!inspect(s, { depth: 5 }).includes('SECRET'));
+  });
+
+  test('settings cross to the Kafka thread with their secrets, hidden again on arrival', () => {
+    const s = settings(
+      {
+        'kafka-tls-cert': '/etc/kafka/client.pem',
+        'kafka-tls-key': '/etc/kafka/client.key',
+        'kafka-sasl-mechanism': 'scram-sha-256',
+        'kafka-sasl-username': 'audit',
+      },
+      { KAFKA_SASL_PASSWORD: 'hunter2' },
+    );
+    // What postMessage/workerData does: the hidden fields would not survive it on their own.
+    assert.equal(structuredClone(s).tls?.key, undefined);
+    const back = settingsFromMessage(structuredClone(settingsToMessage(s)));
+    assert.equal(back.tls?.key, 'KEY PEM SECRET');
+    assert.equal(back.sasl?.password, 'hunter2');
+    assert.deepEqual(back, s);
+    assert.ok(!inspect(back, { depth: 5 }).includes('SECRET'));
+    assert.ok(!JSON.stringify(back).includes('hunter2'));
   });
 
   test('a TLS file in the environment turns TLS on', () => {
