@@ -2,7 +2,8 @@ import type { Pool, PoolClient } from 'pg';
 import { isoFromMicros } from '../common/time';
 import { applyChange, runIdOf, type Connection, type StateChange } from './lifecycle';
 import { BadMessageError, type CaptureGap, type Decode } from './decode';
-import { loadConnections, saveConnections, timeFromMicros } from './store-connections';
+import { loadConnections, prepareSession, saveConnections } from './store-connections';
+import { ConcurrentInsertError, insertEvents } from './store-events';
 
 /** A Kafka record as any source hands it over: a consumer, a Lambda event, a test. */
 export interface SourceRecord {
@@ -85,92 +86,6 @@ interface DecodedEvent {
 interface DecodedGap {
   record: SourceRecord;
   gap: CaptureGap;
-}
-
-const RAW: [string, string][] = [
-  ['conn_id', 'text'],
-  ['seq', 'int8'],
-  ['host', 'text'],
-  ['boot_id', 'text'],
-  ['run_id', 'text'],
-  ['event_time', 'micros'],
-  ['family', 'int2'],
-  ['local_addr', 'inet'],
-  ['local_port', 'int4'],
-  ['remote_addr', 'inet'],
-  ['remote_port', 'int4'],
-  ['old_state', 'text'],
-  ['new_state', 'text'],
-  ['pid', 'int4'],
-  ['tid', 'int4'],
-  ['comm', 'text'],
-  ['uid', 'int8'],
-  ['netns', 'int8'],
-  ['cgroup_id', 'int8'],
-  ['bytes_sent', 'int8'],
-  ['bytes_received', 'int8'],
-  ['segs_out', 'int8'],
-  ['segs_in', 'int8'],
-  ['retransmits', 'int8'],
-  ['srtt_us', 'int8'],
-  ['sock_inode', 'int8'],
-  ['sock_uid', 'int8'],
-  ['sock_gid', 'int8'],
-  ['kafka_topic', 'text'],
-  ['kafka_partition', 'int4'],
-  ['kafka_offset', 'int8'],
-];
-
-const INSERT_RAW = `INSERT INTO tcp_events (${RAW.map(([n]) => n).join(', ')})
-  SELECT ${RAW.map(([n, t]) => (t === 'micros' ? timeFromMicros(`u.${n}`) : `u.${n}`)).join(', ')}
-    FROM unnest(${RAW.map(([, t], i) => `$${i + 1}::${t === 'micros' ? 'int8' : t}[]`).join(', ')})
-      AS u(${RAW.map(([n]) => n).join(', ')})
-  ON CONFLICT (conn_id, seq, event_time) DO NOTHING
-  RETURNING conn_id, seq`;
-
-function rawValues(d: DecodedEvent): unknown[] {
-  const c = d.change;
-  return [
-    c.connId,
-    c.seq,
-    c.host,
-    c.bootId,
-    runIdOf(c.connId),
-    c.timeUs,
-    c.family,
-    c.localAddr,
-    c.localPort,
-    c.remoteAddr,
-    c.remotePort,
-    c.oldState,
-    c.newState,
-    c.pid,
-    c.tid,
-    c.comm,
-    c.uid,
-    c.netns,
-    c.cgroupId,
-    c.bytesSent,
-    c.bytesReceived,
-    c.segsOut,
-    c.segsIn,
-    c.retransmits,
-    c.srttUs,
-    c.sockInode,
-    c.sockUid,
-    c.sockGid,
-    d.record.topic,
-    d.record.partition,
-    d.record.offset,
-  ];
-}
-
-/** One statement for the whole batch; returns the (conn_id, seq) pairs that were new. */
-async function insertRaw(db: PoolClient, rows: DecodedEvent[]): Promise<Set<string>> {
-  const columns = RAW.map(() => [] as unknown[]);
-  for (const row of rows) rawValues(row).forEach((value, i) => columns[i].push(value));
-  const result = await db.query<{ conn_id: string; seq: string }>(INSERT_RAW, columns);
-  return new Set(result.rows.map((r) => `${r.conn_id}/${r.seq}`));
 }
 
 /** jsonb and text refuse NUL: a header or a reason quoting a message must not carry one. */
@@ -357,7 +272,7 @@ export async function handleBatch(
   options: BatchOptions = {},
 ): Promise<BatchResult> {
   try {
-    return await handleOnce(records, pool, decode, groupId, options, null);
+    return await handleRetried(records, pool, decode, groupId, options, null);
   } catch (err) {
     // A record the checks of decode.ts let through but PostgreSQL refuses: split the batch (in
     // offset order, so each half is just a smaller batch) until the refused records stand
@@ -368,12 +283,30 @@ export async function handleBatch(
     if (records.length === 1) {
       const { code, message } = err as { code: string; message: string };
       const reason = `database refused the record: SQLSTATE ${code} ${message}`;
-      return handleOnce(records, pool, decode, groupId, options, reason);
+      return handleRetried(records, pool, decode, groupId, options, reason);
     }
     const mid = Math.ceil(records.length / 2);
     const a = await handleBatch(records.slice(0, mid), pool, decode, groupId, options);
     const b = await handleBatch(records.slice(mid), pool, decode, groupId, options);
     return mergeResults(a, b);
+  }
+}
+
+/** Tries of one transaction while another writer keeps storing the same events first. */
+const CONCURRENT_TRIES = 3;
+
+/**
+ * handleOnce, run again when another transaction stored some of its events first (see
+ * ConcurrentInsertError): the rollback undid everything, and the rerun skips those events.
+ * After CONCURRENT_TRIES it throws, and the caller's own retry takes over.
+ */
+async function handleRetried(...args: Parameters<typeof handleOnce>): Promise<BatchResult> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await handleOnce(...args);
+    } catch (err) {
+      if (!(err instanceof ConcurrentInsertError) || attempt === CONCURRENT_TRIES) throw err;
+    }
   }
 }
 
@@ -430,20 +363,16 @@ async function handleOnce(
   mark('decode');
 
   const db = await pool.connect();
-  let fresh = new Set<string>();
   let conns = new Map<string, Connection>();
   let gapRows = 0;
   let committedAtMs = 0;
-  const freshChanges: StateChange[] = [];
+  let freshChanges: StateChange[] = [];
   try {
+    await prepareSession(db);
     await db.query('BEGIN');
     mark('begin');
-    if (events.length > 0) fresh = await insertRaw(db, events);
+    freshChanges = (await insertEvents(db, events)).map((d) => d.change);
     mark('raw');
-    for (const d of events) {
-      const key = `${d.change.connId}/${d.change.seq}`;
-      if (fresh.delete(key)) freshChanges.push(d.change); // a batch may carry one record twice
-    }
     freshChanges.sort((a, b) =>
       a.connId === b.connId ? a.seq - b.seq : a.connId < b.connId ? -1 : 1,
     );

@@ -1,13 +1,8 @@
 import type { PoolClient } from 'pg';
 import { isoFromMicros } from '../common/time';
+import { BinaryRows, copyIn } from './copy-binary';
 import { connectMs, durationMs, type Connection } from './lifecycle';
-
-/**
- * A microsecond count sent as int8 and made a timestamptz by the server: exact, and cheaper on
- * both sides than ISO text (no Date and string per value here, no text parsing there).
- */
-export const timeFromMicros = (expr: string) =>
-  `(timestamptz 'epoch' + ${expr} * interval '1 microsecond')`;
+import { writeOwner } from './store-events';
 
 const US = (column: string) => `(extract(epoch FROM ${column}) * 1000000)::int8`;
 
@@ -76,113 +71,82 @@ export async function loadConnections(db: PoolClient, ids: string[]) {
   return found;
 }
 
-const COLUMNS: [string, string][] = [
-  ['conn_id', 'text'],
-  ['host', 'text'],
-  ['boot_id', 'text'],
-  ['run_id', 'text'],
-  ['role', 'text'],
-  ['outcome', 'text'],
-  ['family', 'int2'],
-  ['local_addr', 'inet'],
-  ['local_port', 'int4'],
-  ['remote_addr', 'inet'],
-  ['remote_port', 'int4'],
-  ['pid', 'int4'],
-  ['tid', 'int4'],
-  ['comm', 'text'],
-  ['uid', 'int8'],
-  ['netns', 'int8'],
-  ['cgroup_id', 'int8'],
-  ['sock_inode', 'int8'],
-  ['sock_uid', 'int8'],
-  ['sock_gid', 'int8'],
-  ['opened_at', 'micros'],
-  ['established_at', 'micros'],
-  ['closed_at', 'micros'],
-  ['last_event_at', 'micros'],
-  ['connect_ms', 'float8'],
-  ['duration_ms', 'float8'],
-  ['closed_by', 'text'],
-  ['close_kind', 'text'],
-  // text[][] cannot be ragged: each path travels as one text holding a Postgres array literal.
-  ['states', 'text'],
-  ['last_state', 'text'],
-  ['first_seq', 'int8'],
-  ['last_seq', 'int8'],
-  ['event_count', 'int4'],
-  ['has_gap', 'bool'],
-  ['bytes_sent', 'int8'],
-  ['bytes_received', 'int8'],
-  ['segs_out', 'int8'],
-  ['segs_in', 'int8'],
-  ['retransmits', 'int8'],
-  ['srtt_us', 'int8'],
-];
+/** The columns COPY fills, in the order write() writes them. */
+const COLUMNS = `
+  conn_id host boot_id run_id role outcome family local_addr local_port remote_addr
+  remote_port pid tid comm uid netns cgroup_id sock_inode sock_uid sock_gid opened_at
+  established_at closed_at last_event_at connect_ms duration_ms closed_by close_kind states
+  last_state first_seq last_seq event_count has_gap bytes_sent bytes_received segs_out
+  segs_in retransmits srtt_us`
+  .trim()
+  .split(/\s+/);
+const NAMES = COLUMNS.join(', ');
 
-const time = (us: number | null) => (us === null ? null : isoFromMicros(us));
-const arrayLiteral = (items: string[]) =>
-  `{${items.map((s) => `"${s.replace(/["\\]/g, '\\$&')}"`).join(',')}}`;
-
-function values(c: Connection): unknown[] {
-  return [
-    c.connId,
-    c.host,
-    c.bootId,
-    c.runId,
-    c.role,
-    c.outcome,
-    c.family,
-    c.localAddr,
-    c.localPort,
-    c.remoteAddr,
-    c.remotePort,
-    c.pid,
-    c.tid,
-    c.comm,
-    c.uid,
-    c.netns,
-    c.cgroupId,
-    c.sockInode,
-    c.sockUid,
-    c.sockGid,
-    c.openedUs,
-    c.establishedUs,
-    c.closedUs,
-    c.lastEventUs,
-    connectMs(c),
-    durationMs(c),
-    c.closedBy,
-    c.closeKind,
-    arrayLiteral(c.states),
-    c.states[c.states.length - 1],
-    c.firstSeq,
-    c.lastSeq,
-    c.eventCount,
-    c.hasGap,
-    c.bytesSent,
-    c.bytesReceived,
-    c.segsOut,
-    c.segsIn,
-    c.retransmits,
-    c.srttUs,
-  ];
+/** One COPY row, in COLUMNS order. */
+function write(rows: BinaryRows, c: Connection): void {
+  rows
+    .row(COLUMNS.length)
+    .text(c.connId)
+    .text(c.host)
+    .text(c.bootId)
+    .text(c.runId)
+    .text(c.role)
+    .text(c.outcome)
+    .int2(c.family)
+    .inet(c.localAddr)
+    .int4(c.localPort)
+    .inet(c.remoteAddr)
+    .int4(c.remotePort);
+  writeOwner(rows, c);
+  rows
+    .int8(c.sockInode)
+    .int8(c.sockUid)
+    .int8(c.sockGid)
+    .micros(c.openedUs)
+    .micros(c.establishedUs)
+    .micros(c.closedUs)
+    .micros(c.lastEventUs)
+    .float8(connectMs(c))
+    .float8(durationMs(c))
+    .text(c.closedBy)
+    .text(c.closeKind)
+    .textArray(c.states)
+    .text(c.states[c.states.length - 1])
+    .int8(c.firstSeq)
+    .int8(c.lastSeq)
+    .int4(c.eventCount)
+    .bool(c.hasGap)
+    .int8(c.bytesSent)
+    .int8(c.bytesReceived)
+    .int8(c.segsOut)
+    .int8(c.segsIn)
+    .int8(c.retransmits)
+    .int8(c.srttUs);
 }
 
-const NAMES = COLUMNS.map(([name]) => name);
-const selected = ([name, type]: [string, string]) =>
-  name === 'states'
-    ? 'u.states::text[]'
-    : type === 'micros'
-      ? timeFromMicros(`u.${name}`)
-      : `u.${name}`;
-/** Every column travels as one array parameter: one statement whatever the batch size. */
-const UPSERT = `INSERT INTO connections (${NAMES.join(', ')}, expired_at, expire_reason, updated_at)
-  SELECT ${COLUMNS.map(selected).join(', ')}, NULL, NULL, now()
-    FROM unnest(${COLUMNS.map(([, type], i) => `$${i + 1}::${type === 'micros' ? 'int8' : type}[]`).join(', ')})
-      AS u(${NAMES.join(', ')})
+/**
+ * COPY cannot resolve conflicts, so a batch's connections go through a temporary table of the
+ * same columns, emptied at every commit, and from there into connections in one statement.
+ */
+const STAGE = 'connections_stage';
+const CREATE_STAGE = `CREATE TEMP TABLE IF NOT EXISTS ${STAGE} ON COMMIT DELETE ROWS AS
+  SELECT ${NAMES} FROM connections WITH NO DATA`;
+const staged = new WeakSet<PoolClient>();
+
+/**
+ * Makes the staging table on this session, outside any transaction: made inside one, a
+ * rollback would take it away again. Once per pooled connection.
+ */
+export async function prepareSession(db: PoolClient): Promise<void> {
+  if (staged.has(db)) return;
+  await db.query(CREATE_STAGE);
+  staged.add(db);
+}
+
+const UPSERT = `INSERT INTO connections (${NAMES}, expired_at, expire_reason, updated_at)
+  SELECT ${NAMES}, NULL, NULL, now() FROM ${STAGE}
   ON CONFLICT (conn_id, opened_at) DO UPDATE SET
-  ${NAMES.slice(1)
+  ${COLUMNS.slice(1)
     .map((c) => `${c} = EXCLUDED.${c}`)
     .join(', ')},
   expired_at = NULL, expire_reason = NULL, updated_at = now()`;
@@ -203,10 +167,11 @@ export async function saveConnections(
     await db.query(
       `DELETE FROM connections c USING unnest($1::text[], $2::timestamptz[]) AS m(id, opened)
         WHERE c.conn_id = m.id AND c.opened_at <> m.opened`,
-      [moved.map((c) => c.connId), moved.map((c) => time(c.openedUs))],
+      [moved.map((c) => c.connId), moved.map((c) => isoFromMicros(c.openedUs))],
     );
   }
-  const columns = COLUMNS.map(() => [] as unknown[]);
-  for (const conn of conns) values(conn).forEach((value, i) => columns[i].push(value));
-  await db.query(UPSERT, columns);
+  const rows = new BinaryRows();
+  for (const conn of conns) write(rows, conn);
+  await copyIn(db, `${STAGE} (${NAMES})`, rows);
+  await db.query(UPSERT);
 }
