@@ -45,6 +45,9 @@ export interface ProcessorStats {
 export const gapsTopic = (topic: string) => `${topic}.gaps`;
 export const deadLetterTopic = (topic: string) => `${topic}.dlq`;
 
+/** Bytes fetched per partition: some 28,000 events, one batch and one transaction. */
+const PARTITION_FETCH_BYTES = 4 << 20;
+
 /** What a truncated dead-letter copy keeps: the dead_letters row holds the whole message. */
 export const TRUNCATED_VALUE_BYTES = 64 << 10;
 const TRUNCATED_KEY_BYTES = 1 << 10;
@@ -142,7 +145,11 @@ export class ProcessorConsumer {
     });
     this.consumer = this.kafka.consumer({
       groupId: opts.groupId,
-      maxBytesPerPartition: 4 << 20,
+      maxBytesPerPartition: PARTITION_FETCH_BYTES,
+      // kafkajs caps a whole fetch at 10 MB by default: with three partitions of backlog one got
+      // under half its share, and its batch sat idle while the others' ran. A fetch round now
+      // gives every partition in flight its full share.
+      maxBytes: PARTITION_FETCH_BYTES * (opts.concurrency ?? 4),
       maxWaitTimeInMs: 250,
       sessionTimeout: opts.sessionTimeout ?? 30_000,
       heartbeatInterval: Math.min(3000, Math.floor((opts.sessionTimeout ?? 30_000) / 3)),
@@ -312,16 +319,17 @@ export class ProcessorConsumer {
         to: String(low - 1n),
       });
     }
-    const records: SourceRecord[] = batch.messages
-      .filter((m) => BigInt(m.offset) >= position!)
-      .map((m) => ({
-        topic,
-        partition,
-        offset: m.offset,
-        key: m.key,
-        value: m.value,
-        headers: m.headers as SourceRecord['headers'],
-      }));
+    // Offsets ascend within a batch: only leading records can be ones already stored.
+    let skip = 0;
+    while (skip < batch.messages.length && BigInt(batch.messages[skip].offset) < position) skip++;
+    const records: SourceRecord[] = batch.messages.slice(skip).map((m) => ({
+      topic,
+      partition,
+      offset: m.offset,
+      key: m.key,
+      value: m.value,
+      headers: m.headers as SourceRecord['headers'],
+    }));
     if (records.length > 0) {
       const started = process.hrtime.bigint();
       // A throw here (database or registry away) makes kafkajs retry the batch from its start;

@@ -186,7 +186,17 @@ async function insertGaps(db: PoolClient, gaps: DecodedGap[]): Promise<number> {
 }
 
 /** A gap stored before the events it concerns were: flag the connections this batch wrote. */
-async function flagKnownGaps(db: PoolClient, ids: string[]) {
+async function flagKnownGaps(db: PoolClient, conns: Connection[]) {
+  // Gaps are rare: the UPDATE looks up every connection of the batch, so it runs only when a
+  // gap of one of the batch's host runs exists (an index look-up in a small table).
+  const runs = new Map<string, Connection>();
+  for (const c of conns) runs.set(`${c.host}\u0000${c.runId}`, c);
+  const known = await db.query(
+    `SELECT 1 FROM capture_gaps g JOIN unnest($1::text[], $2::text[]) AS r(host, run_id)
+        ON g.host = r.host AND g.run_id = r.run_id LIMIT 1`,
+    [[...runs.values()].map((c) => c.host), [...runs.values()].map((c) => c.runId)],
+  );
+  if (known.rows.length === 0) return;
   await db.query(
     `UPDATE connections c SET has_gap = true
        FROM capture_gaps g
@@ -194,20 +204,25 @@ async function flagKnownGaps(db: PoolClient, ids: string[]) {
         AND CASE WHEN g.seq_from < 0
                  THEN c.opened_at <= g.detected_at AND (c.closed_at IS NULL OR c.closed_at >= g.detected_at)
                  ELSE c.first_seq <= g.seq_to AND (c.last_seq >= g.seq_from OR c.closed_at IS NULL) END`,
-    [ids],
+    [conns.map((c) => c.connId)],
   );
 }
 
+/** Whether Kafka offset `a` comes after `b`: both decimal text, no sign or leading zeros. */
+const offsetAfter = (a: string, b: string) => (a.length === b.length ? a > b : a.length > b.length);
+
 async function saveOffsets(db: PoolClient, groupId: string, records: SourceRecord[]) {
-  const next = new Map<string, { topic: string; partition: number; offset: bigint }>();
+  const last = new Map<string, SourceRecord>();
   for (const r of records) {
     const key = `${r.topic}/${r.partition}`;
-    const offset = BigInt(r.offset) + 1n;
-    const seen = next.get(key);
-    if (!seen || seen.offset < offset)
-      next.set(key, { topic: r.topic, partition: r.partition, offset });
+    const seen = last.get(key);
+    if (!seen || offsetAfter(r.offset, seen.offset)) last.set(key, r);
   }
-  const rows = [...next.values()];
+  const rows = [...last.values()].map((r) => ({
+    topic: r.topic,
+    partition: r.partition,
+    offset: BigInt(r.offset) + 1n,
+  }));
   await db.query(
     `INSERT INTO consumer_offsets (group_id, topic, partition, next_offset)
      SELECT $1, * FROM unnest($2::text[], $3::int4[], $4::int8[])
@@ -225,16 +240,28 @@ async function saveOffsets(db: PoolClient, groupId: string, records: SourceRecor
 
 /** Host runs seen in this batch; monotonic, so written after the commit (see migration 002). */
 async function touchHostRuns(pool: Pool, changes: StateChange[]) {
-  const runs = new Map<
-    string,
-    { host: string; boot: string; run: string; min: number; max: number }
-  >();
+  type Run = { host: string; boot: string; run: string; min: number; max: number };
+  const runs = new Map<string, Run>();
+  // Changes come grouped by connection: look a connection's run up once, not per change.
+  let seen: Run | undefined;
+  let connId = '';
   for (const c of changes) {
-    const run = runIdOf(c.connId);
-    const key = `${c.host}\u0000${c.bootId}\u0000${run}`;
-    const seen = runs.get(key);
-    if (!seen) runs.set(key, { host: c.host, boot: c.bootId, run, min: c.timeUs, max: c.timeUs });
-    else [seen.min, seen.max] = [Math.min(seen.min, c.timeUs), Math.max(seen.max, c.timeUs)];
+    if (c.connId !== connId || !seen || c.host !== seen.host || c.bootId !== seen.boot) {
+      connId = c.connId;
+      const run = runIdOf(c.connId);
+      const key = `${c.host}\u0000${c.bootId}\u0000${run}`;
+      const known: Run = runs.get(key) ?? {
+        host: c.host,
+        boot: c.bootId,
+        run,
+        min: Infinity,
+        max: 0,
+      };
+      runs.set(key, known);
+      seen = known;
+    }
+    if (c.timeUs < seen.min) seen.min = c.timeUs;
+    if (c.timeUs > seen.max) seen.max = c.timeUs;
   }
   if (runs.size === 0) return;
   const r = [...runs.values()].sort((a, b) =>
@@ -387,7 +414,7 @@ async function handleOnce(
     await saveConnections(db, [...conns.values()], loaded);
     mark('upsert');
     gapRows = await insertGaps(db, gaps);
-    if (ids.length > 0) await flagKnownGaps(db, ids);
+    if (conns.size > 0) await flagKnownGaps(db, [...conns.values()]);
     mark('gaps');
     await insertDeadLetters(db, dead);
     await saveOffsets(db, groupId, records);
