@@ -1,19 +1,19 @@
 /**
  * Producer throughput against the local broker (`tcpaudit stack up`), side by side:
  *  - tcpaudit: synthetic TcpEvents through the real Publisher (Avro, batching, compression,
- *    idempotence, acks=all), fed in batches of 1,000 as the capture hands them over;
+ *    idempotence, acks=all, Kafka client in its worker thread), fed in batches of 1,000 as the
+ *    capture hands them over: as fast as it takes them (`gzip`, `none`), and paced at a fixed
+ *    rate (`gzip@100000`: CPU and memory at 100,000 events/s, and the most events queued);
  *  - plain kafkajs: the same framed Avro payloads, one message per awaited send() call.
- * Each run is a child process of its own, so CPU and RSS are that variant's only. Prints the
- * median of the runs: sustained published events/s, CPU, and RSS, also per 1,000 events/s.
+ * Each run is a child process of its own, so CPU and RSS (sampled every 20 ms, peak) are that
+ * variant's only. Prints the median of the runs, also per 1,000 events/s.
  *
- *   node dist/bench/producer.js [--runs 3] [--events 400000] [--seconds 20]
+ *   node dist/bench/producer.js [--runs 3] [--events 2000000] [--seconds 10]
+ *     [--variants gzip,none,gzip@100000,none@100000,plain]
  *
  * Bounded: each run stops at --events or --seconds, whichever comes first. BENCH_MAX_BATCH
  * changes the Publisher's batch (default 5000), BENCH_MEM=1 prints memoryUsage() per run.
- *
- * On the 2-core dev machine, quiet, broker on it (median of 3): gzip 79,600 events/s, none
- * 94,900, plain kafkajs 3,400; RSS 235 MB. Where the time goes (--cpu-prof): kafkajs' per-message
- * work (record encoding, a quadratic grouping by partition, CRC) about half, GC 14%, Avro 10%.
+ * Figures from this machine are in bench/README.md.
  */
 import { spawnSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
@@ -38,6 +38,8 @@ interface Result {
   cpuPercent: number;
   cpuMsPer1k: number;
   rssMb: number;
+  /** Paced runs: the most events waiting in memory; near zero when the producer keeps up. */
+  maxQueued?: number;
 }
 
 function syntheticEvents(from: number, n: number): TcpEvent[] {
@@ -86,6 +88,19 @@ async function schemas(_topic: string) {
   return { value, gap };
 }
 
+/**
+ * Peak resident memory, sampled every 20 ms by a timer: reading it (from /proc) on every turn
+ * of a feeding loop cost the measured thread a tenth of its time.
+ */
+function rssSampler(): { peak(): number; stop(): void } {
+  let peak = process.memoryUsage.rss();
+  const timer = setInterval(() => (peak = Math.max(peak, process.memoryUsage.rss())), 20);
+  return {
+    peak: () => Math.max(peak, process.memoryUsage.rss()),
+    stop: () => clearInterval(timer),
+  };
+}
+
 function measure(
   variant: string,
   events: number,
@@ -113,6 +128,7 @@ async function runPublisher(
   total: number,
   seconds: number,
   compression: Compression,
+  rate: number,
 ): Promise<Result> {
   const { value, gap } = await schemas(topic);
   const log = createLogger('bench', 'warn');
@@ -140,24 +156,43 @@ async function runPublisher(
   while (publisher.getStats().published < 1000) await new Promise((r) => setTimeout(r, 20));
 
   let fed = 1000;
-  let rssPeak = 0;
+  let maxQueued = 0;
+  const rss = rssSampler();
   const deadline = Date.now() + seconds * 1000;
   const cpu0 = process.cpuUsage();
   const start = process.hrtime.bigint();
   const base = publisher.getStats().published;
-  while (publisher.getStats().published - base < total - 1000 && Date.now() < deadline) {
-    // Feed like the capture does (1,000-event batches), never past the memory queue's limit.
-    if (fed - 1000 < total - 1000 && publisher.getStats().queued < 30_000) {
-      publisher.enqueue(syntheticEvents(fed, 1000));
-      fed += 1000;
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  if (rate > 0) {
+    // Paced: what the capture hands over at `rate` events/s, 1,000 at a time, for `seconds`.
+    const t0 = Date.now();
+    while (Date.now() < deadline && fed < total) {
+      const due = Math.min(total, 1000 + Math.floor(((Date.now() - t0) / 1000) * rate));
+      for (; fed + 1000 <= due; fed += 1000) publisher.enqueue(syntheticEvents(fed, 1000));
+      maxQueued = Math.max(maxQueued, publisher.getStats().queued);
+      await sleep(10);
     }
-    rssPeak = Math.max(rssPeak, process.memoryUsage.rss());
-    await new Promise((r) => setImmediate(r));
-    if (publisher.getStats().queued >= 30_000) await new Promise((r) => setTimeout(r, 5));
+    const until = Date.now() + 30_000;
+    while (publisher.getStats().published - base < fed - 1000 && Date.now() < until) await sleep(2);
+  } else {
+    while (publisher.getStats().published - base < total - 1000 && Date.now() < deadline) {
+      // As fast as it goes, in the capture's 1,000-event batches, never past the memory queue.
+      if (fed - 1000 < total - 1000 && publisher.getStats().queued < 30_000) {
+        publisher.enqueue(syntheticEvents(fed, 1000));
+        fed += 1000;
+      }
+      await new Promise((r) => setImmediate(r));
+      if (publisher.getStats().queued >= 30_000) await sleep(5);
+    }
   }
   const published = publisher.getStats().published - base;
   if (process.env.BENCH_MEM) process.stderr.write(JSON.stringify(process.memoryUsage()) + '\n');
-  const result = measure(`tcpaudit Publisher (${compression})`, published, start, cpu0, rssPeak);
+  rss.stop();
+  const name = `tcpaudit Publisher (${compression})${rate > 0 ? ` @${rate / 1000}k/s` : ''}`;
+  const result = {
+    ...measure(name, published, start, cpu0, rss.peak()),
+    maxQueued: rate > 0 ? maxQueued : undefined,
+  };
   const dropped = publisher.getStats().dropped.user_queue;
   await publisher.stop(5000);
   if (dropped > 0) throw new Error(`bench dropped ${dropped} events: the feed outran the queue`);
@@ -185,7 +220,7 @@ async function runPlain(topic: string, total: number, seconds: number): Promise<
     body.copy(out, 5);
     return out;
   };
-  let rssPeak = 0;
+  const rss = rssSampler();
   let sent = 0;
   const deadline = Date.now() + seconds * 1000;
   const cpu0 = process.cpuUsage();
@@ -196,19 +231,27 @@ async function runPlain(topic: string, total: number, seconds: number): Promise<
       sent++;
       if (Date.now() >= deadline) break;
     }
-    rssPeak = Math.max(rssPeak, process.memoryUsage.rss());
   }
-  const result = measure('plain kafkajs, 1 msg/send()', sent, start, cpu0, rssPeak);
+  rss.stop();
+  const result = measure('plain kafkajs, 1 msg/send()', sent, start, cpu0, rss.peak());
   await producer.disconnect();
   return result;
 }
 
 async function child(variant: string, total: number, seconds: number): Promise<void> {
   const topic = `tcpaudit.bench.${Date.now().toString(36)}.${Math.random().toString(36).slice(2, 6)}`;
+  const [codec, paced] = variant.split('@');
+  const rate = Number(paced ?? 0);
   const result =
     variant === 'plain'
       ? await runPlain(topic, total, seconds)
-      : await runPublisher(topic, total, seconds, variant as Compression);
+      : await runPublisher(
+          topic,
+          rate > 0 ? rate * seconds : total,
+          seconds,
+          codec as Compression,
+          rate,
+        );
   // Our topics only: the bench leaves nothing behind on the shared broker.
   const admin = new Kafka({
     clientId: 'tcpaudit-bench-admin',
@@ -231,10 +274,10 @@ async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       runs: { type: 'string', default: '3' },
-      events: { type: 'string', default: '400000' },
-      seconds: { type: 'string', default: '20' },
+      events: { type: 'string', default: '2000000' },
+      seconds: { type: 'string', default: '10' },
       plainSeconds: { type: 'string', default: '8' },
-      variants: { type: 'string', default: 'gzip,none,plain' },
+      variants: { type: 'string', default: 'gzip,none,gzip@100000,none@100000,plain' },
       child: { type: 'string' },
     },
   });
@@ -274,6 +317,7 @@ async function main(): Promise<void> {
       cpuPercent: median(runs.map((r) => r.cpuPercent)),
       cpuMsPer1k: median(runs.map((r) => r.cpuMsPer1k)),
       rssMb: median(runs.map((r) => r.rssMb)),
+      maxQueued: mid.maxQueued === undefined ? undefined : median(runs.map((r) => r.maxQueued!)),
     });
   }
   const pad = (s: string, n: number) => s.padEnd(n);
@@ -281,13 +325,14 @@ async function main(): Promise<void> {
     `\nmedian of ${values.runs} runs, broker ${BROKERS}, ${process.env.BENCH_NOTE ?? ''}\n`,
   );
   process.stdout.write(
-    `${pad('variant', 32)}${pad('events/s', 12)}${pad('CPU %', 8)}${pad('CPU ms/1k ev', 14)}` +
-      `${pad('RSS MB', 9)}RSS MB per 1k ev/s\n`,
+    `${pad('variant', 38)}${pad('events/s', 12)}${pad('CPU %', 8)}${pad('CPU ms/1k ev', 14)}` +
+      `${pad('RSS MB', 9)}${pad('RSS MB per 1k ev/s', 20)}most queued\n`,
   );
   for (const r of rows) {
     process.stdout.write(
-      `${pad(r.variant, 32)}${pad(String(Math.round(r.rate)), 12)}${pad(r.cpuPercent.toFixed(0), 8)}` +
-        `${pad(r.cpuMsPer1k.toFixed(1), 14)}${pad(r.rssMb.toFixed(0), 9)}${(r.rssMb / (r.rate / 1000)).toFixed(2)}\n`,
+      `${pad(r.variant, 38)}${pad(String(Math.round(r.rate)), 12)}${pad(r.cpuPercent.toFixed(0), 8)}` +
+        `${pad(r.cpuMsPer1k.toFixed(1), 14)}${pad(r.rssMb.toFixed(0), 9)}` +
+        `${pad((r.rssMb / (r.rate / 1000)).toFixed(2), 20)}${r.maxQueued ?? ''}\n`,
     );
   }
 }
