@@ -323,8 +323,8 @@ export async function handleBatch(
 const CONCURRENT_TRIES = 3;
 
 /**
- * handleOnce, run again when another transaction stored some of its events first (see
- * ConcurrentInsertError): the rollback undid everything, and the rerun skips those events.
+ * handleOnce, run again when another transaction stored some of its rows first (see
+ * ConcurrentInsertError): the rollback undid everything, and the rerun finds those rows.
  * After CONCURRENT_TRIES it throws, and the caller's own retry takes over.
  */
 async function handleRetried(...args: Parameters<typeof handleOnce>): Promise<BatchResult> {

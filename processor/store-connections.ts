@@ -2,7 +2,7 @@ import type { PoolClient } from 'pg';
 import { isoFromMicros } from '../common/time';
 import { BinaryRows, copyIn } from './copy-binary';
 import { connectMs, durationMs, type Connection } from './lifecycle';
-import { writeOwner } from './store-events';
+import { ConcurrentInsertError, writeOwner } from './store-events';
 
 const US = (column: string) => `(extract(epoch FROM ${column}) * 1000000)::int8`;
 
@@ -154,7 +154,8 @@ const UPSERT = `INSERT INTO connections (${NAMES}, expired_at, expire_reason, up
 /**
  * Writes the connections of one batch. `loaded` holds their rows as they were: a connection
  * whose opened_at moved (an earlier event arrived late) has its old row deleted first, since
- * opened_at is part of the key.
+ * opened_at is part of the key. A new one that another writer stored meanwhile (a rebalance
+ * overlap) throws ConcurrentInsertError: the rerun finds and loads it.
  */
 export async function saveConnections(
   db: PoolClient,
@@ -170,8 +171,18 @@ export async function saveConnections(
       [moved.map((c) => c.connId), moved.map((c) => isoFromMicros(c.openedUs))],
     );
   }
-  const rows = new BinaryRows();
-  for (const conn of conns) write(rows, conn);
-  await copyIn(db, `${STAGE} (${NAMES})`, rows);
-  await db.query(UPSERT);
+  // New connections go straight in; those already stored are upserted through the staging
+  // table. Most of a backlog's connections are new, and this spares them the second write.
+  const [fresh, known] = [new BinaryRows(), new BinaryRows()];
+  for (const conn of conns) write(loaded.has(conn.connId) ? known : fresh, conn);
+  if (known.rows > 0) {
+    await copyIn(db, `${STAGE} (${NAMES})`, known);
+    await db.query(UPSERT);
+  }
+  try {
+    await copyIn(db, `connections (${NAMES})`, fresh);
+  } catch (err) {
+    if ((err as { code?: string }).code === '23505') throw new ConcurrentInsertError(err as Error);
+    throw err;
+  }
 }

@@ -86,13 +86,13 @@ async function storedKeys(db: PoolClient, events: RawEvent[]): Promise<Set<strin
 }
 
 /**
- * Another transaction stored some of the same events between our look and our COPY (two
- * consumers on one partition for a moment, during a rebalance). Not a data error: the batch is
- * run again, and the rerun finds those rows and skips them.
+ * Another transaction stored some of the same events or new connections between our look and
+ * our COPY (two consumers on one partition for a moment, during a rebalance). Not a data
+ * error: the batch is run again, and the rerun finds those rows.
  */
 export class ConcurrentInsertError extends Error {
   constructor(cause: Error) {
-    super(`tcp_events rows were stored concurrently: ${cause.message}`, { cause });
+    super(`rows were stored concurrently: ${cause.message}`, { cause });
     this.name = 'ConcurrentInsertError';
   }
 }
