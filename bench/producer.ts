@@ -40,6 +40,8 @@ interface Result {
   rssMb: number;
   /** Paced runs: the most events waiting in memory; near zero when the producer keeps up. */
   maxQueued?: number;
+  /** Paced runs: the longest time with events queued and none acknowledged. */
+  stallMs?: number;
 }
 
 function syntheticEvents(from: number, n: number): TcpEvent[] {
@@ -157,6 +159,8 @@ async function runPublisher(
 
   let fed = 1000;
   let maxQueued = 0;
+  // Paced runs: the longest time events waited while nothing was acknowledged.
+  let longestStall = 0;
   const rss = rssSampler();
   const deadline = Date.now() + seconds * 1000;
   const cpu0 = process.cpuUsage();
@@ -166,10 +170,18 @@ async function runPublisher(
   if (rate > 0) {
     // Paced: what the capture hands over at `rate` events/s, 1,000 at a time, for `seconds`.
     const t0 = Date.now();
+    let lastPublished = -1;
+    let lastProgress = t0;
     while (Date.now() < deadline && fed < total) {
       const due = Math.min(total, 1000 + Math.floor(((Date.now() - t0) / 1000) * rate));
       for (; fed + 1000 <= due; fed += 1000) publisher.enqueue(syntheticEvents(fed, 1000));
-      maxQueued = Math.max(maxQueued, publisher.getStats().queued);
+      const stats = publisher.getStats();
+      maxQueued = Math.max(maxQueued, stats.queued);
+      if (stats.published !== lastPublished || stats.queued === 0) {
+        lastPublished = stats.published;
+        lastProgress = Date.now();
+      }
+      longestStall = Math.max(longestStall, Date.now() - lastProgress);
       await sleep(10);
     }
     const until = Date.now() + 30_000;
@@ -192,6 +204,7 @@ async function runPublisher(
   const result = {
     ...measure(name, published, start, cpu0, rss.peak()),
     maxQueued: rate > 0 ? maxQueued : undefined,
+    stallMs: rate > 0 ? longestStall : undefined,
   };
   const dropped = publisher.getStats().dropped.user_queue;
   await publisher.stop(5000);
@@ -239,7 +252,8 @@ async function runPlain(topic: string, total: number, seconds: number): Promise<
 }
 
 async function child(variant: string, total: number, seconds: number): Promise<void> {
-  const topic = `tcpaudit.bench.${Date.now().toString(36)}.${Math.random().toString(36).slice(2, 6)}`;
+  const suffix = Math.random().toString(36).slice(2, 6);
+  const topic = `tcpaudit.bench.${Date.now().toString(36)}.${suffix}`;
   const [codec, paced] = variant.split('@');
   const rate = Number(paced ?? 0);
   const result =
@@ -318,23 +332,27 @@ async function main(): Promise<void> {
       cpuMsPer1k: median(runs.map((r) => r.cpuMsPer1k)),
       rssMb: median(runs.map((r) => r.rssMb)),
       maxQueued: mid.maxQueued === undefined ? undefined : median(runs.map((r) => r.maxQueued!)),
+      stallMs: mid.stallMs === undefined ? undefined : Math.max(...runs.map((r) => r.stallMs!)),
     });
   }
-  const pad = (s: string, n: number) => s.padEnd(n);
   process.stdout.write(
     `\nmedian of ${values.runs} runs, broker ${BROKERS}, ${process.env.BENCH_NOTE ?? ''}\n`,
   );
-  process.stdout.write(
-    `${pad('variant', 38)}${pad('events/s', 12)}${pad('CPU %', 8)}${pad('CPU ms/1k ev', 14)}` +
-      `${pad('RSS MB', 9)}${pad('RSS MB per 1k ev/s', 20)}most queued\n`,
-  );
-  for (const r of rows) {
-    process.stdout.write(
-      `${pad(r.variant, 38)}${pad(String(Math.round(r.rate)), 12)}${pad(r.cpuPercent.toFixed(0), 8)}` +
-        `${pad(r.cpuMsPer1k.toFixed(1), 14)}${pad(r.rssMb.toFixed(0), 9)}` +
-        `${pad((r.rssMb / (r.rate / 1000)).toFixed(2), 20)}${r.maxQueued ?? ''}\n`,
-    );
-  }
+  // Column widths, then one row per variant.
+  const columns: [string, number, (r: Result) => string][] = [
+    ['variant', 38, (r) => r.variant],
+    ['events/s', 12, (r) => String(Math.round(r.rate))],
+    ['CPU %', 8, (r) => r.cpuPercent.toFixed(0)],
+    ['CPU ms/1k ev', 14, (r) => r.cpuMsPer1k.toFixed(1)],
+    ['RSS MB', 9, (r) => r.rssMb.toFixed(0)],
+    ['RSS MB per 1k ev/s', 20, (r) => (r.rssMb / (r.rate / 1000)).toFixed(2)],
+    ['most queued', 13, (r) => String(r.maxQueued ?? '')],
+    ['longest stall ms (max)', 0, (r) => String(r.stallMs ?? '')],
+  ];
+  const line = (cell: (c: (typeof columns)[number]) => string) =>
+    columns.map((c) => cell(c).padEnd(c[1])).join('') + '\n';
+  process.stdout.write(line((c) => c[0]));
+  for (const r of rows) process.stdout.write(line((c) => c[2](r)));
 }
 
 main().catch((err) => {

@@ -70,7 +70,7 @@ describe('Kafka thread', () => {
     assert.deepEqual(byKey.get('conn-after'), ['event-after']);
   });
 
-  test('a send to a broker that does not answer fails with the client error, not a hang', async () => {
+  test('a send to a refused broker fails with the client error, no hang', async () => {
     const dead = new KafkaThread(
       kafkaClientSettings({ brokers: '127.0.0.1:1' }, 'tcpaudit-test-dead', {}),
       [{ topic, partitions: 1, replicationFactor: 1 }],
