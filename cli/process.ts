@@ -8,14 +8,13 @@ import {
   kafkajsConfig,
 } from '../common/kafka-config';
 import { createLogger, parseLevel, type Logger } from '../common/log';
-import { createRegistry } from '../common/registry';
+import { createRegistry, registryHealth, waitForRegistry } from '../common/registry';
 import { ProcessorConsumer } from '../processor/consumer';
 import { registryDecoder } from '../processor/decode';
 import { expireConnections } from '../processor/expiry';
 import { ProcessorMetrics, serveMetrics } from '../processor/metrics';
 import { migrate } from '../processor/migrate';
 import { dropExpiredPartitions, ensurePartitions, grantReader } from '../processor/partitions';
-import { registryHealth, waitForRegistry } from '../processor/registry-check';
 import { asUsage, pgSettings, UsageError, untilSignal } from './options';
 
 const HELP = `Usage: tcpaudit process [options]

@@ -98,33 +98,89 @@ export async function registryFetch(
 }
 
 /**
- * Start-up check that `url` is a Confluent-compatible registry: GET <url>/subjects must give a
- * JSON array. A 404 there usually means the base path is missing (Apicurio serves the
- * Confluent API under /apis/ccompat/v7).
+ * What GET <url>/subjects says of a URL: a Confluent-compatible API answers 200 with a JSON
+ * array. `reachable` with `ok: false`: an answer came back, so the URL or the server is wrong
+ * and waiting will not help (a 5xx is the registry in trouble: worth waiting for).
  */
-export async function checkRegistry(url: string, opts: RegistryCallOptions = {}): Promise<void> {
-  const probe = `${url}/subjects`;
-  const response = await registryFetch(probe, {}, opts);
-  const body = await response.text().catch(() => '');
-  if (response.status === 404) {
-    throw new RegistryApiError(
-      `schema registry ${url} answered 404 for /subjects: the URL probably lacks ` +
-        `/apis/ccompat/v7 (Apicurio's Confluent-compatible API)`,
-      url,
-    );
+export type RegistryHealth = { ok: true } | { ok: false; reachable: boolean; detail: string };
+
+function subjectsAnswer(status: number, body: string): RegistryHealth {
+  if (status === 404) {
+    // Apicurio answers 404 at its root: the Confluent API lives under /apis/ccompat/v7.
+    return {
+      ok: false,
+      reachable: true,
+      detail:
+        'answered 404 for /subjects: the URL probably lacks /apis/ccompat/v7 ' +
+        "(Apicurio's Confluent-compatible API)",
+    };
   }
+  if (status >= 500) return { ok: false, reachable: false, detail: `answered HTTP ${status}` };
   let parsed: unknown = null;
   try {
     parsed = JSON.parse(body);
   } catch {
     parsed = null;
   }
-  if (!response.ok || !Array.isArray(parsed)) {
-    throw new RegistryApiError(
-      `schema registry ${url} does not speak the Confluent API: GET /subjects gave ` +
-        `${response.status} ${JSON.stringify(body.slice(0, 120))}, not a JSON array`,
-      url,
-    );
+  if (status === 200 && Array.isArray(parsed)) return { ok: true };
+  return {
+    ok: false,
+    reachable: true,
+    detail:
+      `does not speak the Confluent API: GET /subjects gave ${status} ` +
+      `${JSON.stringify(body.slice(0, 120))}, not a JSON array`,
+  };
+}
+
+/**
+ * Start-up check of the producer: is `url` a Confluent-compatible API? Retries what
+ * registryFetch retries, then throws RegistryUnavailableError or RegistryApiError.
+ */
+export async function checkRegistry(url: string, opts: RegistryCallOptions = {}): Promise<void> {
+  const response = await registryFetch(`${url}/subjects`, {}, opts);
+  const health = subjectsAnswer(response.status, await response.text().catch(() => ''));
+  if (!health.ok) throw new RegistryApiError(`schema registry ${url} ${health.detail}`, url);
+}
+
+/** One probe, no retry: for a caller that decides itself (the processor's decoder, its wait). */
+export async function registryHealth(url: string, timeoutMs = 5000): Promise<RegistryHealth> {
+  let response: Response;
+  try {
+    response = await fetch(`${url}/subjects`, {
+      headers: { Accept: 'application/vnd.schemaregistry.v1+json, application/json' },
+      signal: AbortSignal.timeout(timeoutMs),
+    });
+  } catch (err) {
+    const cause = (err as { cause?: { code?: string } }).cause;
+    return { ok: false, reachable: false, detail: cause?.code ?? (err as Error).message };
+  }
+  return subjectsAnswer(response.status, await response.text().catch(() => ''));
+}
+
+/**
+ * Start-up check of the processor, which may start before the registry: waits up to
+ * `timeoutMs` for an answer, but throws at once when one comes back and says the URL is wrong.
+ */
+export async function waitForRegistry(
+  url: string,
+  timeoutMs: number,
+  onRetry: (detail: string, attempt: number) => void,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (let attempt = 1; ; attempt++) {
+    const health = await registryHealth(url);
+    if (health.ok) return;
+    if (health.reachable)
+      throw new RegistryApiError(`schema registry ${url} ${health.detail}`, url);
+    if (Date.now() + 1000 > deadline) {
+      const waited = Math.round(timeoutMs / 1000);
+      throw new RegistryUnavailableError(
+        `schema registry ${url} unreachable for ${waited} s: ${health.detail}`,
+        url,
+      );
+    }
+    onRetry(health.detail, attempt);
+    await new Promise((r) => setTimeout(r, Math.min(1000 * 2 ** (attempt - 1), 10_000)));
   }
 }
 

@@ -192,8 +192,9 @@ interface WriterSchema {
 
 /**
  * Decodes Confluent-framed Avro with the writer schema of the framed id. `registryHealthy` is
- * asked before a 404 is taken as a bad message (processor/registry-check.ts gives one). The registry is asked
- * once per id (ids are immutable); after that a message decodes synchronously from the cache.
+ * asked before a 404 is taken as a bad message (common/registry.ts's registryHealth gives one).
+ * The registry is asked once per id (ids are immutable); after that a message decodes
+ * synchronously from the cache.
  */
 export function registryDecoder(
   registry: SchemaRegistry,

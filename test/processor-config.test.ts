@@ -3,9 +3,8 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { endpoints, uniqueName } from './harness';
 import { runCli } from './processes';
-import { createRegistry, frame } from '../common/registry';
+import { createRegistry, frame, registryHealth } from '../common/registry';
 import { BadMessageError, registryDecoder } from '../processor/decode';
-import { registryHealth } from '../processor/registry-check';
 import { freshDatabase, registerSchemas, type TestDatabase } from './processor-helpers';
 
 let db: TestDatabase;
