@@ -69,10 +69,21 @@ function jvmArgs(): string[] {
   ];
 }
 
+/**
+ * A KRaft cluster id shaped as `kafka-storage.sh random-uuid` makes them: 16 random bytes,
+ * base64url, unpadded, and never starting with '-' (as Kafka's own Uuid.randomUuid), which
+ * StorageTool would read as an option after -t and then refuse the format (1 run in 64).
+ */
+export function newClusterId(): string {
+  for (;;) {
+    const id = crypto.randomBytes(16).toString('base64url');
+    if (!id.startsWith('-')) return id;
+  }
+}
+
 /** KRaft needs its storage stamped with a cluster id once, before the first start. */
 function formatStorage(log: Logger): void {
-  // Same shape as `kafka-storage.sh random-uuid`: 16 random bytes, base64url, unpadded.
-  const clusterId = crypto.randomBytes(16).toString('base64url');
+  const clusterId = newClusterId();
   log.info('kafka format storage', { logDir, clusterId });
   const res = spawnSync(
     javaBin(),

@@ -1,10 +1,10 @@
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { portInUse, sleep } from '../stack/process';
 import { javaBin } from '../stack/java';
+import { newClusterId } from '../stack/kafka';
 import { kafkaLibDir } from '../stack/paths';
 
 /**
@@ -72,7 +72,7 @@ auto.create.topics.enable=false
       'kafka.tools.StorageTool',
       'format',
       '-t',
-      crypto.randomBytes(16).toString('base64url'),
+      newClusterId(),
       '-c',
       config,
     ],
