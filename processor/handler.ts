@@ -139,6 +139,15 @@ async function insertDeadLetters(db: PoolClient, dead: DeadLetter[]) {
 }
 
 /**
+ * Whether gap g (of the connection's host run) may have hidden some of connection c's events:
+ * by sequence numbers when the gap has them, else (seq_from -1: lost before numbers were
+ * assigned) by time, for every connection open when the gap was noticed.
+ */
+const GAP_COVERS_CONNECTION = `CASE WHEN g.seq_from < 0
+  THEN c.opened_at <= g.detected_at AND (c.closed_at IS NULL OR c.closed_at >= g.detected_at)
+  ELSE c.first_seq <= g.seq_to AND (c.last_seq >= g.seq_from OR c.closed_at IS NULL) END`;
+
+/**
  * Stores capture gaps and flags the connections of that host and run whose sequence range
  * overlaps the missing numbers (an open connection's range runs on to infinity). Gaps of
  * unnumbered kernel loss (seq -1) flag the connections open at the time the loss was noticed.
@@ -171,9 +180,7 @@ async function insertGaps(db: PoolClient, gaps: DecodedGap[]): Promise<number> {
        FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::timestamptz[])
          AS g(host, run_id, seq_from, seq_to, detected_at)
       WHERE c.host = g.host AND c.run_id = g.run_id AND NOT c.has_gap
-        AND CASE WHEN g.seq_from < 0
-                 THEN c.opened_at <= g.detected_at AND (c.closed_at IS NULL OR c.closed_at >= g.detected_at)
-                 ELSE c.first_seq <= g.seq_to AND (c.last_seq >= g.seq_from OR c.closed_at IS NULL) END`,
+        AND ${GAP_COVERS_CONNECTION}`,
     [
       g.map((x) => x.host),
       g.map((x) => x.runId),
@@ -201,9 +208,7 @@ async function flagKnownGaps(db: PoolClient, conns: Connection[]) {
     `UPDATE connections c SET has_gap = true
        FROM capture_gaps g
       WHERE c.conn_id = ANY($1::text[]) AND NOT c.has_gap AND g.host = c.host AND g.run_id = c.run_id
-        AND CASE WHEN g.seq_from < 0
-                 THEN c.opened_at <= g.detected_at AND (c.closed_at IS NULL OR c.closed_at >= g.detected_at)
-                 ELSE c.first_seq <= g.seq_to AND (c.last_seq >= g.seq_from OR c.closed_at IS NULL) END`,
+        AND ${GAP_COVERS_CONNECTION}`,
     [conns.map((c) => c.connId)],
   );
 }
