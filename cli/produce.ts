@@ -7,6 +7,7 @@ import { kafkaSettings, registrySettings, validHost } from '../common/config';
 import {
   describeKafka,
   kafkaClientSettings,
+  kafkajsConfig,
   kafkaFlagSpecs,
   KAFKA_SECURITY_HELP,
 } from '../common/kafka-config';
@@ -161,6 +162,9 @@ async function checkMetricsHost(host: string): Promise<string> {
 async function checkSettings(values: Values) {
   const { topic } = asUsage(() => kafkaSettings(values, 'tcpaudit-producer'));
   const kafka = asUsage(() => kafkaClientSettings(values, 'tcpaudit-producer'));
+  // The client is built in the Kafka thread; build it here once too, so a TLS key or
+  // certificate OpenSSL refuses is a usage error now, not a Kafka that never answers.
+  asUsage(() => kafkajsConfig(kafka));
   const { url } = asUsage(() => registrySettings(values));
   const compression = oneOf(values.compression!, COMPRESSIONS, '--compression');
   const overflow = oneOf(

@@ -91,11 +91,17 @@ export class KafkaThread {
       if (m.ok) waiter.resolve();
       else waiter.reject(new Error(m.error));
     });
+    // Said once here, with the stack, whether or not a request was waiting: the next request
+    // starts a fresh thread, and an idle thread's end would otherwise leave no trace.
     worker.on('error', (err) => {
-      if (this.worker === worker) this.gone(new Error(`kafka thread failed: ${err.message}`));
+      if (this.worker !== worker) return;
+      this.onLog(threadLog('kafka thread failed', { error: err.message, stack: err.stack }));
+      this.gone(new Error(`kafka thread failed: ${err.message}`));
     });
     worker.on('exit', (code) => {
-      if (this.worker === worker) this.gone(new Error(`kafka thread exited with code ${code}`));
+      if (this.worker !== worker) return;
+      this.onLog(threadLog('kafka thread exited', { code }));
+      this.gone(new Error(`kafka thread exited with code ${code}`));
     });
     return worker;
   }
@@ -132,6 +138,14 @@ export class KafkaThread {
     });
   }
 }
+
+const threadLog = (message: string, fields: Record<string, unknown>): WorkerLog => ({
+  op: 'log',
+  source: 'worker',
+  level: 'error',
+  message,
+  fields,
+});
 
 /** Copies the values end to end into one buffer that is moved, not cloned, to the thread. */
 function pack(topic: string, codec: Codec, messages: OutMessage[]): PackedBatch & { op: 'send' } {

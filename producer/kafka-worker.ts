@@ -56,8 +56,12 @@ function cachedKeyPartitioner() {
   };
 }
 
+const config = kafkajsConfig(settingsFromMessage(init.settings));
+// The secrets now live hidden in `config` only; workerData kept them in plain fields.
+if (init.settings.tls) init.settings.tls.key = undefined;
+if (init.settings.sasl) init.settings.sasl.password = '';
 const kafka = new Kafka({
-  ...kafkajsConfig(settingsFromMessage(init.settings)),
+  ...config,
   logLevel: logLevel.WARN,
   // The Publisher's drain loop retries forever; kafkajs' own retries only need to ride out a
   // leader move, not an outage, so a failed request comes back quickly and is counted.

@@ -323,7 +323,8 @@ export class Publisher {
         await this.sendBatch(batch);
         this.onSuccess();
       } catch (err) {
-        this.onFailure(err as Error);
+        // After stop() gave up on a send, its failure (the thread ended) is no outage.
+        if (!this.closed) this.onFailure(err as Error);
         return;
       }
     }

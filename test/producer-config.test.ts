@@ -1,4 +1,7 @@
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { inspect } from 'node:util';
 import { describe, test } from 'node:test';
 import {
@@ -202,6 +205,35 @@ describe('tcpaudit produce with security settings', () => {
     const text = p.logs.map((l) => String(l.msg)).join('\n');
     assert.match(text, /needs a username/);
   });
+
+  test(
+    'TLS files OpenSSL refuses are a usage error (exit 2), not a Kafka that never answers',
+    { timeout: 30_000 },
+    async () => {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tcpaudit-tls-'));
+      const cert = path.join(dir, 'client.pem');
+      const key = path.join(dir, 'client.key');
+      fs.writeFileSync(
+        cert,
+        '-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n',
+      );
+      fs.writeFileSync(key, '-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n');
+      let p: ReturnType<typeof runCli> | undefined;
+      try {
+        p = runCli(['produce', '--kafka-tls-cert', cert, '--kafka-tls-key', key], {
+          KAFKA_BROKERS: '127.0.0.1:29492',
+        });
+        // 'close': after the child's stderr is read to its end.
+        const code = await new Promise((r) => p!.child.once('close', r));
+        const text = p.logs.map((l) => String(l.msg)).join('\n');
+        assert.equal(code, 2, text);
+        assert.match(text, /PEM/);
+      } finally {
+        p?.child.kill('SIGKILL');
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  );
 
   const skip = process.getuid?.() === 0 ? false : 'loading BPF needs root';
   test('the SASL password appears in no log line', { skip, timeout: 60_000 }, async () => {
