@@ -336,7 +336,8 @@ async function main(): Promise<void> {
     });
   }
   process.stdout.write(
-    `\nmedian of ${values.runs} runs, broker ${BROKERS}, ${process.env.BENCH_NOTE ?? ''}\n`,
+    `\nmedian of ${values.runs} runs, broker ${BROKERS}` +
+      `${process.env.BENCH_NOTE ? `, ${process.env.BENCH_NOTE}` : ''}\n`,
   );
   // Column widths, then one row per variant.
   const columns: [string, number, (r: Result) => string][] = [
