@@ -99,12 +99,36 @@ export class ConcurrentInsertError extends Error {
 
 /**
  * Stores the events not stored before, in one COPY, and returns them (the first of any the
- * batch carries twice). The look-up of stored keys replaces ON CONFLICT, which COPY lacks: the
- * (conn_id, seq, event_time) key stays the one authority, and a replay inserts nothing.
+ * batch carries twice). COPY has no ON CONFLICT, and the (conn_id, seq, event_time) key stays
+ * the one authority: the batch is copied whole first (a replay is rare: offsets commit with
+ * the rows, so only a producer's resend repeats an event), and only when the key refuses it
+ * does the copy go back to a savepoint, look up which keys are stored, and copy the rest.
  */
 export async function insertEvents<E extends RawEvent>(db: PoolClient, events: E[]): Promise<E[]> {
   if (events.length === 0) return [];
-  const seen = await storedKeys(db, events);
+  await db.query('SAVEPOINT copy_events');
+  try {
+    const all = await copyFresh(db, events, new Set());
+    await db.query('RELEASE SAVEPOINT copy_events');
+    return all;
+  } catch (err) {
+    if ((err as { code?: string }).code !== '23505') throw err;
+    await db.query('ROLLBACK TO SAVEPOINT copy_events');
+  }
+  try {
+    return await copyFresh(db, events, await storedKeys(db, events));
+  } catch (err) {
+    if ((err as { code?: string }).code === '23505') throw new ConcurrentInsertError(err as Error);
+    throw err;
+  }
+}
+
+/** COPYs the events whose keys are not in `seen` (nor earlier in the batch); returns them. */
+async function copyFresh<E extends RawEvent>(
+  db: PoolClient,
+  events: E[],
+  seen: Set<string>,
+): Promise<E[]> {
   const fresh: E[] = [];
   const rows = new BinaryRows();
   for (const event of events) {
@@ -114,11 +138,6 @@ export async function insertEvents<E extends RawEvent>(db: PoolClient, events: E
     fresh.push(event);
     write(rows, event);
   }
-  try {
-    await copyIn(db, TARGET, rows);
-  } catch (err) {
-    if ((err as { code?: string }).code === '23505') throw new ConcurrentInsertError(err as Error);
-    throw err;
-  }
+  await copyIn(db, TARGET, rows);
   return fresh;
 }
