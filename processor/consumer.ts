@@ -184,7 +184,13 @@ export class ProcessorConsumer {
     this.admin = this.kafka.admin();
     await this.admin.connect();
     await this.waitForTopic();
-    this.producer = this.kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+    // The dead-letter producer: the partitioner named, so kafkajs does not warn at every start
+    // that its default changed in 2.0 (keys hash as Java clients hash them: murmur2).
+    this.producer = this.kafka.producer({
+      idempotent: true,
+      maxInFlightRequests: 1,
+      createPartitioner: Partitioners.DefaultPartitioner,
+    });
     await this.producer.connect();
     await this.consumer.connect();
     await this.consumer.subscribe({ topics: [topic, gapsTopic(topic)], fromBeginning: true });
