@@ -4,6 +4,7 @@ import { parseCidr, type Cidr } from './address';
 import { decodeBatch, defaultContext, type CapturedEvent, type DecodeContext } from './decode';
 import {
   DEFAULT_SEED_BUDGET_MS,
+  emptyScan,
   scanListeners,
   validateSeeds,
   type ListenerScan,
@@ -281,18 +282,7 @@ async function seed(
   budgetMs: number,
 ): Promise<ListenerSeedReport> {
   const started = performance.now();
-  const empty: ListenerScan = {
-    seeds: [],
-    sockets: 0,
-    unattributed: 0,
-    fdUnreadable: 0,
-    netnsUnreadable: 0,
-    namespaces: 0,
-    processes: 0,
-    truncated: false,
-    skipped: '',
-  };
-  let scan = empty;
+  let scan = emptyScan();
   let result = { inserted: 0, existed: 0, failed: 0, firstError: '' };
   try {
     scan = await scanListeners({
@@ -316,15 +306,9 @@ async function seed(
   };
 }
 
+const { seeds: _noSeeds, ...nothingScanned } = emptyScan('disabled');
 const seedDisabled: ListenerSeedReport = {
-  sockets: 0,
-  unattributed: 0,
-  fdUnreadable: 0,
-  netnsUnreadable: 0,
-  namespaces: 0,
-  processes: 0,
-  truncated: false,
-  skipped: 'disabled',
+  ...nothingScanned,
   seeded: 0,
   alreadyKnown: 0,
   failed: 0,

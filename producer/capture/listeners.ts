@@ -171,14 +171,9 @@ function pidsOf(proc: string): number[] {
     .map(Number);
 }
 
-/** Finds the listeners of this host and their processes. Never throws for an unreadable file. */
-export async function scanListeners(options: ScanOptions = {}): Promise<ListenerScan> {
-  const proc = options.procRoot ?? '/proc';
-  const deadline = Date.now() + (options.budgetMs ?? DEFAULT_SEED_BUDGET_MS);
-  const maxSeeds = Math.min(options.maxSeeds ?? MAX_SEEDS, MAX_LISTENERS);
-  const wantNetns = options.netns ?? 0;
-  const wantPorts = new Set(options.ports ?? []);
-  const scan: ListenerScan = {
+/** A scan that found nothing; `skipped` says why it did not run, or '' when it is to run. */
+export function emptyScan(skipped = ''): ListenerScan {
+  return {
     seeds: [],
     sockets: 0,
     unattributed: 0,
@@ -187,8 +182,18 @@ export async function scanListeners(options: ScanOptions = {}): Promise<Listener
     namespaces: 0,
     processes: 0,
     truncated: false,
-    skipped: foreignNamespaces(proc),
+    skipped,
   };
+}
+
+/** Finds the listeners of this host and their processes. Never throws for an unreadable file. */
+export async function scanListeners(options: ScanOptions = {}): Promise<ListenerScan> {
+  const proc = options.procRoot ?? '/proc';
+  const deadline = Date.now() + (options.budgetMs ?? DEFAULT_SEED_BUDGET_MS);
+  const maxSeeds = Math.min(options.maxSeeds ?? MAX_SEEDS, MAX_LISTENERS);
+  const wantNetns = options.netns ?? 0;
+  const wantPorts = new Set(options.ports ?? []);
+  const scan = emptyScan(foreignNamespaces(proc));
   if (scan.skipped) return scan;
 
   let sliceEnd = Date.now() + SLICE_MS;
