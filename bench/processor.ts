@@ -24,7 +24,7 @@ import readline from 'node:readline';
 import { parseArgs } from 'node:util';
 import { Client, Pool } from 'pg';
 import { Kafka, logLevel } from 'kafkajs';
-import { pgDefaults, DEFAULTS } from '../common/config';
+import { deadLetterTopic, gapsTopic, pgDefaults, DEFAULTS } from '../common/config';
 import { createLogger } from '../common/log';
 import { createRegistry } from '../common/registry';
 import { isoFromMicros } from '../common/time';
@@ -115,7 +115,7 @@ async function freshTopic(): Promise<{ topic: string; schemas: Schemas }> {
   await admin.connect();
   await admin.createTopics({ topics: [{ topic, numPartitions: 3 }], waitForLeaders: true });
   await admin.disconnect();
-  topics.push(topic, `${topic}.gaps`, `${topic}.dlq`);
+  topics.push(topic, gapsTopic(topic), deadLetterTopic(topic));
   return { topic, schemas: await registerSchemas(registryUrl, topic) };
 }
 

@@ -19,6 +19,7 @@ import { spawnSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
 import { Kafka, logLevel } from 'kafkajs';
 import type { TcpEvent } from '../common/event';
+import { gapsTopic } from '../common/config';
 import { kafkaClientSettings } from '../common/kafka-config';
 import { createLogger } from '../common/log';
 import { createRegistry, registerValueSchema } from '../common/registry';
@@ -275,7 +276,7 @@ async function child(variant: string, total: number, seconds: number): Promise<v
   await admin.connect();
   await admin
     .deleteTopics({
-      topics: [topic, `${topic}.gaps`].filter((t) => variant !== 'plain' || t === topic),
+      topics: variant === 'plain' ? [topic] : [topic, gapsTopic(topic)],
     })
     .catch(() => undefined);
   await admin.disconnect();

@@ -22,6 +22,11 @@ export const DEFAULTS = {
   topic: 'tcpaudit.events',
 } as const;
 
+/** Events topic T: the producer's gap records go to T.gaps (subject T.gaps-value), by host. */
+export const gapsTopic = (topic: string) => `${topic}.gaps`;
+/** Events topic T: the processor copies the messages it cannot store to T.dlq. */
+export const deadLetterTopic = (topic: string) => `${topic}.dlq`;
+
 type Env = Record<string, string | undefined>;
 
 /**

@@ -9,6 +9,7 @@ import {
   type Admin,
 } from 'kafkajs';
 import type { Pool } from 'pg';
+import { deadLetterTopic, gapsTopic } from '../common/config';
 import type { Logger } from '../common/log';
 import type { Decode } from './decode';
 import { handleBatch, type BatchResult, type DeadLetter, type SourceRecord } from './handler';
@@ -41,9 +42,6 @@ export interface ProcessorStats {
   deadLetters: number;
   gaps: number;
 }
-
-export const gapsTopic = (topic: string) => `${topic}.gaps`;
-export const deadLetterTopic = (topic: string) => `${topic}.dlq`;
 
 /** Bytes fetched per partition: some 28,000 events, one batch and one transaction. */
 const PARTITION_FETCH_BYTES = 4 << 20;

@@ -1,7 +1,7 @@
 import type avro from 'avsc';
 import { COMPATIBILITY, SchemaType, type SchemaRegistry } from '@kafkajs/confluent-schema-registry';
 import { loadValueSchema, setCompatibility, type RegistryCallOptions } from '../common/registry';
-import { gapsTopic } from './publisher';
+import { gapsTopic } from '../common/config';
 
 export const GAP_SCHEMA_FILE = 'capture-gap.avsc';
 

@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type avro from 'avsc';
+import { gapsTopic } from '../common/config';
 import type { TcpEvent } from '../common/event';
 import type { Logger } from '../common/log';
 import type { KafkaClientSettings } from '../common/kafka-config';
@@ -104,9 +105,6 @@ interface AvroEncoder {
 
 const RETRY_MIN_MS = 250;
 const RETRY_MAX_MS = 5000;
-
-/** Events topic T: gap records go to T.gaps (subject T.gaps-value), keyed by host. */
-export const gapsTopic = (topic: string) => `${topic}.gaps`;
 
 /**
  * Publishes captured events to Kafka, keyed by connection id so one connection stays in one
