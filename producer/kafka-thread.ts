@@ -43,6 +43,11 @@ export class KafkaThread {
     private readonly onLog: (line: WorkerLog) => void,
   ) {}
 
+  /** Whether the current thread's producer is connected (false again after a restart). */
+  get isConnected(): boolean {
+    return this.connected;
+  }
+
   /** Connects the producer and creates the topics that are missing. */
   async connect(): Promise<void> {
     await this.request({ op: 'connect' });

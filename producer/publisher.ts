@@ -134,7 +134,6 @@ export class Publisher {
     sendErrors: 0,
     dropped: { kernel: 0, user_queue: 0, spool: 0 } as Record<DropStage, number>,
   };
-  private connected = false;
   private draining: Promise<void> | null = null;
   private timer: NodeJS.Timeout | null = null;
   private retryAt = 0;
@@ -169,17 +168,12 @@ export class Publisher {
     this.timer = setInterval(() => void this.flush(), 20);
   }
 
-  private async connect(): Promise<void> {
-    await this.kafka.connect();
-    this.connected = true;
-  }
-
   private kafkaLog(line: WorkerLog): void {
     const { level, message, fields } = line;
     if (line.source === 'worker') return this.log[level](message, fields);
     // While Kafka is away kafkajs logs every failed attempt as an error; the drain loop says
     // it once ('kafka unavailable'), so kafkajs' own lines go to debug meanwhile.
-    const away = !this.connected || this.lastError !== '';
+    const away = !this.kafka.isConnected || this.lastError !== '';
     if (level === 'error' && !away) this.log.warn(message, fields);
     else this.log.debug(message, fields);
   }
@@ -314,7 +308,9 @@ export class Publisher {
   private async drain(): Promise<void> {
     while (Date.now() >= this.retryAt && !this.closed) {
       try {
-        if (!this.connected) await this.connect();
+        // The thread connects (and creates the topics) before its first send, and again after
+        // a restart.
+        if (!this.kafka.isConnected) await this.kafka.connect();
         if (this.gaps.length > 0) await this.sendGaps();
         const batch = this.nextBatch();
         if (batch.length === 0) return;
