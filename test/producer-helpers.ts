@@ -84,6 +84,16 @@ export function readCaptureLog(file: string): Array<{ connId: string; seq: numbe
  * Checks that the topic holds each captured event exactly once, and each connection's
  * events in sequence order (one connection, one partition, offsets follow seq).
  */
+/** What compareWithCapture returns when every captured event is in the topic exactly once. */
+export const EXACT_DELIVERY = {
+  missing: [],
+  duplicated: [],
+  unknown: [],
+  wrongKey: 0,
+  outOfOrder: 0,
+  splitPartitions: 0,
+} as const;
+
 export function compareWithCapture(
   captured: Array<{ connId: string; seq: number }>,
   records: TopicRecord[],

@@ -10,6 +10,7 @@ import { privateKafka, type PrivateKafka } from './private-kafka';
 import { runCli, type Running } from './processes';
 import {
   compareWithCapture,
+  EXACT_DELIVERY,
   readCaptureLog,
   readTopic,
   scrape,
@@ -229,14 +230,7 @@ describe('spool full', { skip }, () => {
         captured.filter((c) => !inGaps.has(c.seq)),
         events,
       );
-      assert.deepEqual(check, {
-        missing: [],
-        duplicated: [],
-        unknown: [],
-        wrongKey: 0,
-        outOfOrder: 0,
-        splitPartitions: 0,
-      });
+      assert.deepEqual(check, EXACT_DELIVERY);
       t.diagnostic(
         `${captured.length} captured, ${lost} dropped by the full spool in ${spoolGaps.length} gap records`,
       );
