@@ -9,36 +9,21 @@ import {
   type Connection,
   type StateChange,
 } from '../processor/lifecycle';
+import { testChange } from './processor-helpers';
 
-const BASE: StateChange = {
+const BASE: StateChange = testChange({
   connId: 'b00710ad-18a-1',
   seq: 0,
   host: 'h',
   bootId: 'b',
   timeUs: 0,
-  family: 4,
-  localAddr: '10.0.0.1',
-  localPort: 40000,
-  remoteAddr: '10.0.0.2',
-  remotePort: 80,
   oldState: '',
   newState: '',
   pid: 42,
   tid: 42,
   comm: 'curl',
-  uid: 0,
-  netns: 1,
-  cgroupId: 1,
-  bytesSent: 0,
-  bytesReceived: 0,
-  segsOut: 0,
-  segsIn: 0,
-  retransmits: 0,
   srttUs: 50,
-  sockInode: 0,
-  sockUid: 0,
-  sockGid: 0,
-};
+});
 
 /** Builds the state changes of one connection from a kernel path, 1 ms apart. */
 function replay(path: string[], first: Partial<StateChange> = {}): Connection {

@@ -13,6 +13,7 @@ import {
   quiet,
   registerSchemas,
   syntheticStream,
+  testChange,
   type Schemas,
   type TestDatabase,
 } from './processor-helpers';
@@ -66,35 +67,20 @@ test('batches with replays: exact rows, no raw event twice', async () => {
 test('capture gaps: stored once, and flag overlapping connections of that run whichever comes first', async () => {
   const base = Date.now() * 1000;
   const ev = (connId: string, seq: number, oldState: string, newState: string) =>
-    encodeEvent(schemas, {
-      connId,
-      seq,
-      host: 'gaphost',
-      bootId: 'gb',
-      timeUs: base + seq,
-      family: 4,
-      localAddr: '10.0.0.1',
-      localPort: 1000 + seq,
-      remoteAddr: '10.0.0.2',
-      remotePort: 80,
-      oldState,
-      newState,
-      pid: 1,
-      tid: 1,
-      comm: 'x',
-      uid: 0,
-      netns: 1,
-      cgroupId: 1,
-      bytesSent: 0,
-      bytesReceived: 0,
-      segsOut: 0,
-      segsIn: 1,
-      retransmits: 0,
-      srttUs: 0,
-      sockInode: 0,
-      sockUid: 0,
-      sockGid: 0,
-    });
+    encodeEvent(
+      schemas,
+      testChange({
+        connId,
+        seq,
+        host: 'gaphost',
+        bootId: 'gb',
+        timeUs: base + seq,
+        localPort: 1000 + seq,
+        oldState,
+        newState,
+        segsIn: 1,
+      }),
+    );
   const gap = frame(
     schemas.gapId,
     schemas.gapType.toBuffer({
@@ -176,35 +162,19 @@ test('expiry: a reboot or a silent host expires open connections; a quiet one on
   const day = 86_400_000_000;
   const old = (Date.now() - 2 * 3600_000) * 1000;
   const mk = (connId: string, host: string, boot: string, t: number, seq: number) =>
-    encodeEvent(schemas, {
-      connId,
-      seq,
-      host,
-      bootId: boot,
-      timeUs: t,
-      family: 4,
-      localAddr: '10.0.0.1',
-      localPort: 5000 + seq,
-      remoteAddr: '10.0.0.2',
-      remotePort: 80,
-      oldState: 'CLOSED',
-      newState: 'SYN-SENT',
-      pid: 1,
-      tid: 1,
-      comm: 'x',
-      uid: 0,
-      netns: 1,
-      cgroupId: 1,
-      bytesSent: 0,
-      bytesReceived: 0,
-      segsOut: 0,
-      segsIn: 0,
-      retransmits: 0,
-      srttUs: 0,
-      sockInode: 0,
-      sockUid: 0,
-      sockGid: 0,
-    });
+    encodeEvent(
+      schemas,
+      testChange({
+        connId,
+        seq,
+        host,
+        bootId: boot,
+        timeUs: t,
+        localPort: 5000 + seq,
+        oldState: 'CLOSED',
+        newState: 'SYN-SENT',
+      }),
+    );
   const rec = (offset: number, value: Buffer): SourceRecord => ({
     topic,
     partition: 5,
@@ -261,35 +231,20 @@ test('partitions: made ahead, old ones dropped by retention, open connections ke
   assert.ok(before.includes(`connections_p${ahead}`));
   const oldUs = (now - 35 * 86_400_000) * 1000;
   const mk = (connId: string, oldState: string, newState: string, seq: number) =>
-    encodeEvent(schemas, {
-      connId,
-      seq,
-      host: 'hret',
-      bootId: 'r',
-      timeUs: oldUs + seq,
-      family: 4,
-      localAddr: '10.0.0.1',
-      localPort: 7000,
-      remoteAddr: '10.0.0.2',
-      remotePort: 80,
-      oldState,
-      newState,
-      pid: 1,
-      tid: 1,
-      comm: 'x',
-      uid: 0,
-      netns: 1,
-      cgroupId: 1,
-      bytesSent: 0,
-      bytesReceived: 0,
-      segsOut: 0,
-      segsIn: 1,
-      retransmits: 0,
-      srttUs: 0,
-      sockInode: 0,
-      sockUid: 0,
-      sockGid: 0,
-    });
+    encodeEvent(
+      schemas,
+      testChange({
+        connId,
+        seq,
+        host: 'hret',
+        bootId: 'r',
+        timeUs: oldUs + seq,
+        localPort: 7000,
+        oldState,
+        newState,
+        segsIn: 1,
+      }),
+    );
   await handleBatch(
     [
       { topic, partition: 6, offset: '1', key: null, value: mk('r-1-1', 'CLOSED', 'SYN-SENT', 1) },

@@ -73,6 +73,38 @@ export async function registerSchemas(registryUrl: string, topic: string): Promi
   return { eventId, eventType, gapId, gapType: avro.Type.forSchema(JSON.parse(text)) };
 }
 
+/** The identity and time of a test state change; every other field takes a plain default. */
+type ChangeBasics = Pick<StateChange, 'connId' | 'seq' | 'host' | 'bootId' | 'timeUs'>;
+
+/** A state change of a 10.0.0.1 -> 10.0.0.2:80 connection of process 1 ('x'), counters 0. */
+export function testChange(c: ChangeBasics & Partial<StateChange>): StateChange {
+  return {
+    family: 4,
+    localAddr: '10.0.0.1',
+    localPort: 40000,
+    remoteAddr: '10.0.0.2',
+    remotePort: 80,
+    oldState: 'CLOSED',
+    newState: 'SYN-SENT',
+    pid: 1,
+    tid: 1,
+    comm: 'x',
+    uid: 0,
+    netns: 1,
+    cgroupId: 1,
+    bytesSent: 0,
+    bytesReceived: 0,
+    segsOut: 0,
+    segsIn: 0,
+    retransmits: 0,
+    srttUs: 0,
+    sockInode: 0,
+    sockUid: 0,
+    sockGid: 0,
+    ...c,
+  };
+}
+
 export function encodeEvent(s: Schemas, c: StateChange): Buffer {
   return frame(
     s.eventId,
