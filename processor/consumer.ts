@@ -14,6 +14,7 @@ import type { Logger } from '../common/log';
 import type { Decode } from './decode';
 import { handleBatch, type BatchResult, type DeadLetter, type SourceRecord } from './handler';
 import type { ProcessorMetrics } from './metrics';
+import { WriteBehind } from './write-behind';
 
 export interface ConsumerOptions {
   /** kafkajs client settings (brokers, TLS, SASL): common/kafka-config.ts builds them. */
@@ -127,6 +128,11 @@ export class ProcessorConsumer {
   /** Next offset to process per topic/partition, as PostgreSQL says; cleared on every join. */
   private readonly positions = new Map<string, bigint>();
   private inGroup = false;
+  /** Each partition's batch being written while its next is fetched. */
+  private readonly writes = new WriteBehind();
+  /** Counts group joins and rebalances: a write begun before one leaves positions alone. */
+  private generation = 0;
+  private stopping = false;
   /** Set when kafkajs stopped the consumer and will not restart it. */
   failure: Error | null = null;
 
@@ -161,11 +167,15 @@ export class ProcessorConsumer {
   async start(): Promise<void> {
     const { topic, groupId, log } = this.opts;
     const { GROUP_JOIN, CRASH, STOP, DISCONNECT, REBALANCING } = this.consumer.events;
-    this.consumer.on(GROUP_JOIN, () => {
+    const forget = () => {
       this.positions.clear();
+      this.generation++;
+    };
+    this.consumer.on(GROUP_JOIN, () => {
+      forget();
       this.inGroup = true;
     });
-    this.consumer.on(REBALANCING, () => this.positions.clear());
+    this.consumer.on(REBALANCING, forget);
     for (const event of [CRASH, STOP, DISCONNECT])
       this.consumer.on(event, () => (this.inGroup = false));
     // kafkajs restarts a crashed consumer only for errors it deems retriable; after any other
@@ -295,9 +305,13 @@ export class ProcessorConsumer {
     isRunning,
     isStale,
   }: EachBatchPayload): Promise<void> {
-    if (batch.messages.length === 0 || !isRunning() || isStale()) return;
+    if (batch.messages.length === 0 || !isRunning() || this.stopping) return;
     const { topic, partition } = batch;
     const key = `${topic}/${partition}`;
+    // The partition's previous batch commits first; its failure comes back here, thrown, so
+    // kafkajs backs off and fetches again from that batch (the seek made when it failed).
+    await this.writes.settle(key);
+    if (isStale() || this.stopping) return;
     let position = this.positions.get(key);
     if (position === undefined) {
       position = await this.storedPosition(topic, partition);
@@ -334,10 +348,45 @@ export class ProcessorConsumer {
       value: m.value,
       headers: m.headers as SourceRecord['headers'],
     }));
+    const next = BigInt(batch.lastOffset()) + 1n;
+    const generation = this.generation;
+    const lag = BigInt(batch.highWatermark) - next;
+    const written = () => this.writeBatch(topic, partition, records, next, generation, lag);
+    // A failed write is fetched again from its first record: positions still says where.
+    this.writes.start(key, written, () => this.seekBack(topic, partition, first));
+    // kafkajs fetches from the resolved offset: the next batch is fetched while this one is
+    // written. PostgreSQL's offsets stay the authority; Kafka's commit follows PostgreSQL's.
+    resolveOffset(batch.lastOffset());
+    await heartbeat();
+  }
+
+  /** Fetches a partition again from `offset`: a failed write's first record. */
+  private seekBack(topic: string, partition: number, offset: bigint): void {
+    try {
+      this.consumer.seek({ topic, partition, offset: offset.toString() });
+    } catch (err) {
+      // Not consuming any more: the next assignment starts from PostgreSQL's offset anyway.
+      this.opts.log.debug('no seek after a failed batch', { topic, partition, error: err });
+    }
+  }
+
+  /**
+   * One batch into PostgreSQL, in one transaction, then the bookkeeping: positions (unless the
+   * group was joined again meanwhile), stats, metrics and the trailing Kafka commit.
+   */
+  private async writeBatch(
+    topic: string,
+    partition: number,
+    records: SourceRecord[],
+    next: bigint,
+    generation: number,
+    lag: bigint,
+  ): Promise<void> {
     if (records.length > 0) {
       const started = process.hrtime.bigint();
-      // A throw here (database or registry away) makes kafkajs retry the batch from its start;
-      // the rows of a failed attempt were rolled back, and a replay of committed ones is a no-op.
+      // A throw here (database or registry away) seeks back to the batch's start, and the
+      // partition's next eachBatch hands kafkajs the error to back off on before the retry; the
+      // rows of a failed attempt were rolled back, and a replay of committed ones is a no-op.
       const result = await handleBatch(
         records,
         this.opts.pool,
@@ -380,13 +429,8 @@ export class ProcessorConsumer {
         });
       }
     }
-    const next = BigInt(batch.lastOffset()) + 1n;
-    this.positions.set(key, next);
-    this.opts.metrics?.lag.set(
-      { topic, partition: String(partition) },
-      Math.max(0, Number(BigInt(batch.highWatermark) - next)),
-    );
-    resolveOffset(batch.lastOffset());
+    if (generation === this.generation) this.positions.set(`${topic}/${partition}`, next);
+    this.opts.metrics?.lag.set({ topic, partition: String(partition) }, Math.max(0, Number(lag)));
     await this.consumer
       .commitOffsets([{ topic, partition, offset: next.toString() }])
       .catch((err) =>
@@ -394,7 +438,6 @@ export class ProcessorConsumer {
           error: err,
         }),
       );
-    await heartbeat();
   }
 
   private logProfile(records: SourceRecord[], result: BatchResult): void {
@@ -413,7 +456,16 @@ export class ProcessorConsumer {
     });
   }
 
+  /** Stops fetching, lets the writes in flight commit, then leaves the group. */
   async stop(): Promise<void> {
+    this.stopping = true;
+    const { topic } = this.opts;
+    try {
+      this.consumer.pause([{ topic }, { topic: gapsTopic(topic) }]);
+    } catch {
+      // Never ran, or kafkajs stopped it already: nothing is being fetched.
+    }
+    await this.writes.idle();
     await this.consumer.disconnect();
     await this.producer?.disconnect();
     await this.admin?.disconnect();
