@@ -1,6 +1,6 @@
 import type { Pool, PoolClient } from 'pg';
 import { isoFromMicros } from '../common/time';
-import { applyChange, runIdOf, type Connection, type StateChange } from './lifecycle';
+import { advance, runIdOf, startConnection, type Connection, type StateChange } from './lifecycle';
 import { BadMessageError, type CaptureGap, type Decode } from './decode';
 import { loadConnections, prepareSession, saveConnections } from './store-connections';
 import { ConcurrentInsertError, insertEvents } from './store-events';
@@ -358,6 +358,33 @@ function mergeResults(a: BatchResult, b: BatchResult): BatchResult {
   };
 }
 
+/**
+ * The changes a batch stored, by connection, each in sequence order; connections in conn_id
+ * order, so two writers of overlapping batches insert new connections in the same order (and
+ * cannot deadlock on them) whatever records each batch starts at.
+ */
+function changesByConnection(stored: { change: StateChange }[]): Map<string, StateChange[]> {
+  const lists = new Map<string, StateChange[]>();
+  for (const { change } of stored) {
+    const list = lists.get(change.connId);
+    if (list) list.push(change);
+    else lists.set(change.connId, [change]);
+  }
+  const ordered = new Map<string, StateChange[]>();
+  for (const connId of [...lists.keys()].sort()) {
+    const list = lists.get(connId)!;
+    // Records come in offset order, nearly always sequence order too: sort only when not.
+    for (let i = 1; i < list.length; i++) {
+      if (list[i].seq < list[i - 1].seq) {
+        list.sort((a, b) => a.seq - b.seq);
+        break;
+      }
+    }
+    ordered.set(connId, list);
+  }
+  return ordered;
+}
+
 /** One transaction for `records`; `refused` set: the (single) record goes to the dead letters. */
 async function handleOnce(
   records: SourceRecord[],
@@ -403,17 +430,19 @@ async function handleOnce(
     await prepareSession(db);
     await db.query('BEGIN');
     mark('begin');
-    freshChanges = (await insertEvents(db, events)).map((d) => d.change);
+    const stored = await insertEvents(db, events);
     mark('raw');
-    freshChanges.sort((a, b) =>
-      a.connId === b.connId ? a.seq - b.seq : a.connId < b.connId ? -1 : 1,
-    );
-    const ids = [...new Set(freshChanges.map((c) => c.connId))];
-    conns = await loadConnections(db, ids);
+    const byConn = changesByConnection(stored);
+    conns = await loadConnections(db, [...byConn.keys()]);
     mark('load');
     const loaded = new Map([...conns.values()].map((c) => [c.connId, c.openedUs]));
-    for (const change of freshChanges) {
-      conns.set(change.connId, applyChange(conns.get(change.connId) ?? null, change));
+    for (const [connId, changes] of byConn) {
+      let conn = conns.get(connId);
+      if (!conn) conns.set(connId, (conn = startConnection(changes[0])));
+      for (const change of changes) {
+        advance(conn, change);
+        freshChanges.push(change);
+      }
     }
     mark('lifecycle');
     await saveConnections(db, [...conns.values()], loaded);

@@ -155,7 +155,8 @@ function roleOf(first: StateChange): Role {
   return 'unknown';
 }
 
-function open(first: StateChange): Connection {
+/** A connection as its first seen change starts it; advance() then applies that change. */
+export function startConnection(first: StateChange): Connection {
   return {
     connId: first.connId,
     host: first.host,
@@ -238,7 +239,17 @@ export function isTransition(from: string, to: string): boolean {
  * marks a gap in the path; the old state is then kept in the path so the jump shows.
  */
 export function applyChange(current: Connection | null, change: StateChange): Connection {
-  const conn = current ? { ...current, states: [...current.states] } : open(change);
+  return advance(
+    current ? { ...current, states: [...current.states] } : startConnection(change),
+    change,
+  );
+}
+
+/**
+ * applyChange in place, for a caller that owns `conn` (made by startConnection or read from a
+ * row): a batch applies tens of thousands of changes, and a copy for each was most of its work.
+ */
+export function advance(conn: Connection, change: StateChange): Connection {
   const last = conn.states[conn.states.length - 1];
   if (last !== change.oldState) {
     conn.hasGap = true;

@@ -4,6 +4,7 @@ import { endpoints, uniqueName } from './harness';
 import { createRegistry, frame } from '../common/registry';
 import { registryDecoder, type Decode } from '../processor/decode';
 import { handleBatch, type SourceRecord } from '../processor/handler';
+import type { StateChange } from '../processor/lifecycle';
 import { expireConnections } from '../processor/expiry';
 import { dropExpiredPartitions, ensurePartitions } from '../processor/partitions';
 import {
@@ -35,15 +36,19 @@ after(async () => {
   await db?.drop();
 });
 
-test('batches with replays: exact rows, no raw event twice', async () => {
-  const stream = syntheticStream(400, 3, Date.now() * 1000, 'x');
-  const records: SourceRecord[] = stream.changes.map((c, i) => ({
+/** The stream's changes as the records of one partition, at offsets 0, 1, 2, ... */
+const recordsOf = (changes: StateChange[], partition: number): SourceRecord[] =>
+  changes.map((c, i) => ({
     topic,
-    partition: 0,
+    partition,
     offset: String(i),
     key: Buffer.from(c.connId),
     value: encodeEvent(schemas, c),
   }));
+
+test('batches with replays: exact rows, no raw event twice', async () => {
+  const stream = syntheticStream(400, 3, Date.now() * 1000, 'x');
+  const records = recordsOf(stream.changes, 0);
   let duplicates = 0;
   for (let i = 0; i < records.length;) {
     const size = 1 + ((i * 7919) % 300);
@@ -62,6 +67,22 @@ test('batches with replays: exact rows, no raw event twice', async () => {
     "SELECT next_offset FROM consumer_offsets WHERE group_id = 'g'",
   );
   assert.equal(Number(rows[0].next_offset), records.length);
+});
+
+test('a connection whose changes come out of sequence order in a batch is rebuilt in order', async () => {
+  const stream = syntheticStream(12, 1, Date.now() * 1000, 'o');
+  // Each connection's changes reversed within the batch: the handler must put them back.
+  const reversed = [...stream.changes].reverse();
+  await handleBatch(recordsOf(reversed, 2), db.pool, decode, 'reversed');
+  const { rows } = await db.pool.query(
+    'SELECT conn_id, states, has_gap FROM connections WHERE conn_id = ANY($1::text[])',
+    [[...stream.expected.keys()]],
+  );
+  assert.equal(rows.length, stream.expected.size);
+  for (const row of rows) {
+    assert.deepEqual(row.states, stream.expected.get(row.conn_id)!.states);
+    assert.equal(row.has_gap, false);
+  }
 });
 
 test('capture gaps: stored once, and flag overlapping connections of that run whichever comes first', async () => {
