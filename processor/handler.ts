@@ -108,10 +108,21 @@ export function isDataError(err: unknown): boolean {
   return typeof code === 'string' && (/^2[23][0-9A-Z]{3}$/.test(code) || code === '54000');
 }
 
+/** Whether `bytes` are `text` in UTF-8; ASCII is compared in place, with no buffer per record. */
+function sameText(bytes: Buffer, text: string): boolean {
+  if (bytes.length !== text.length) return bytes.equals(Buffer.from(text, 'utf8'));
+  for (let i = 0; i < text.length; i++) {
+    const ch = text.charCodeAt(i);
+    if (ch > 0x7f) return bytes.equals(Buffer.from(text, 'utf8'));
+    if (bytes[i] !== ch) return false;
+  }
+  return true;
+}
+
 /** The record's key must be its conn_id: the key is what keeps a connection on one partition. */
 function keyMismatch(record: SourceRecord, connId: string): string | null {
   if (record.key === null || record.key === undefined) return null; // direct callers, tests
-  if (record.key.equals(Buffer.from(connId, 'utf8'))) return null;
+  if (sameText(record.key, connId)) return null;
   const key = record.key.toString('utf8');
   return (
     `key ${JSON.stringify(key.length > 100 ? `${key.slice(0, 100)}...` : key)} is not the ` +
@@ -218,8 +229,13 @@ const offsetAfter = (a: string, b: string) => (a.length === b.length ? a > b : a
 
 async function saveOffsets(db: PoolClient, groupId: string, records: SourceRecord[]) {
   const last = new Map<string, SourceRecord>();
+  // A consumer's batch is one partition: its key is made once, not once per record.
+  let key = '';
+  let previous: SourceRecord | undefined;
   for (const r of records) {
-    const key = `${r.topic}/${r.partition}`;
+    if (r.topic !== previous?.topic || r.partition !== previous.partition)
+      key = `${r.topic}/${r.partition}`;
+    previous = r;
     const seen = last.get(key);
     if (!seen || offsetAfter(r.offset, seen.offset)) last.set(key, r);
   }

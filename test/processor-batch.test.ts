@@ -85,6 +85,29 @@ test('a connection whose changes come out of sequence order in a batch is rebuil
   }
 });
 
+test('a batch that carries an event twice stores it once, from its first copy', async () => {
+  const stream = syntheticStream(20, 1, Date.now() * 1000, 'y');
+  const records = recordsOf(stream.changes, 1);
+  // A producer's resend: the fifth record again, later in the same batch.
+  const resent = { ...records[4], offset: String(records.length) };
+  const result = await handleBatch([...records, resent], db.pool, decode, 'twice');
+  assert.equal(result.inserted, records.length);
+  assert.equal(result.duplicates, 1);
+  const { connId, seq } = stream.changes[4];
+  const stored = await db.pool.query(
+    'SELECT kafka_offset FROM tcp_events WHERE conn_id = $1 AND seq = $2',
+    [connId, seq],
+  );
+  assert.deepEqual(
+    stored.rows.map((r) => Number(r.kafka_offset)),
+    [4],
+  );
+  const conn = await db.pool.query('SELECT event_count FROM connections WHERE conn_id = $1', [
+    connId,
+  ]);
+  assert.equal(conn.rows[0].event_count, stream.expected.get(connId)!.events);
+});
+
 test('capture gaps: stored once, and flag overlapping connections of that run whichever comes first', async () => {
   const base = Date.now() * 1000;
   const ev = (connId: string, seq: number, oldState: string, newState: string) =>
