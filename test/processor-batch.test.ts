@@ -69,7 +69,7 @@ test('batches with replays: exact rows, no raw event twice', async () => {
   assert.equal(Number(rows[0].next_offset), records.length);
 });
 
-test('a connection whose changes come out of sequence order in a batch is rebuilt in order', async () => {
+test('changes out of sequence order within a batch are applied in order', async () => {
   const stream = syntheticStream(12, 1, Date.now() * 1000, 'o');
   // Each connection's changes reversed within the batch: the handler must put them back.
   const reversed = [...stream.changes].reverse();

@@ -26,7 +26,7 @@ after(async () => {
   for (const db of dbs) await db.drop();
 });
 
-test('write-behind: a partition settles after its write; a failure is told at once, thrown once', async () => {
+test('write-behind: settle waits for the write; a failure is told now, thrown once', async () => {
   const writes = new WriteBehind();
   const order: string[] = [];
   let release = () => {};
@@ -72,7 +72,7 @@ function flakyPool(pool: Pool, failing: Set<number>): Pool {
   } as unknown as Pool;
 }
 
-test('write-behind: a batch whose write failed is fetched again, with or without a later batch', async () => {
+test('write-behind: a failed batch is fetched again, with or without a later batch', async () => {
   const env = (await endpoints()).env;
   const db = await freshDatabase(env);
   dbs.push(db);
