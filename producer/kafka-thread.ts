@@ -12,9 +12,16 @@ import type {
   WorkerLog,
 } from './kafka-messages';
 
+/** A message whose value is bytes[start, end): a slice of a buffer it may share. */
 export interface OutMessage {
   key: string;
-  value: Buffer;
+  bytes: Buffer;
+  start: number;
+  end: number;
+}
+
+export function wholeMessage(key: string, value: Buffer): OutMessage {
+  return { key, bytes: value, start: 0, end: value.length };
 }
 
 interface Waiter {
@@ -155,17 +162,17 @@ const threadLog = (message: string, fields: Record<string, unknown>): WorkerLog 
 /** Copies the values end to end into one buffer that is moved, not cloned, to the thread. */
 function pack(topic: string, codec: Codec, messages: OutMessage[]): PackedBatch & { op: 'send' } {
   let total = 0;
-  for (const m of messages) total += m.value.length;
+  for (const m of messages) total += m.end - m.start;
   const values = new ArrayBuffer(total);
-  const bytes = new Uint8Array(values);
+  const bytes = Buffer.from(values);
   const ends = new Uint32Array(messages.length);
   const keys: string[] = new Array(messages.length);
   let at = 0;
   for (let i = 0; i < messages.length; i++) {
-    bytes.set(messages[i].value, at);
-    at += messages[i].value.length;
+    const m = messages[i];
+    at += m.bytes.copy(bytes, at, m.start, m.end);
     ends[i] = at;
-    keys[i] = messages[i].key;
+    keys[i] = m.key;
   }
   return { op: 'send', topic, codec, keys, values, ends };
 }

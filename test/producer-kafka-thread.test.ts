@@ -7,7 +7,7 @@ import { after, before, describe, test } from 'node:test';
 import { Kafka, logLevel } from 'kafkajs';
 import { kafkaClientSettings } from '../common/kafka-config';
 import type { WorkerLog } from '../producer/kafka-messages';
-import { KafkaThread } from '../producer/kafka-thread';
+import { KafkaThread, wholeMessage, type OutMessage } from '../producer/kafka-thread';
 import { endpoints, uniqueName } from './harness';
 
 let brokers = '';
@@ -50,21 +50,26 @@ describe('Kafka thread', () => {
   test('connects, creates the topic and sends a batch with keys and values intact', async () => {
     await thread.connect();
     assert.ok(logs.some((l) => l.source === 'worker' && l.message === 'topic created'));
-    const batch = Array.from({ length: 500 }, (_, i) => ({
-      key: `conn-${i % 50}`,
-      value: Buffer.from(`event-${i}-${'x'.repeat(i % 97)}`),
-    }));
+    // Slices of one shared buffer, as the Publisher's slabs hand them over.
+    const texts = Array.from({ length: 500 }, (_, i) => `event-${i}-${'x'.repeat(i % 97)}`);
+    const shared = Buffer.from(`head|${texts.join('|')}|tail`);
+    let at = 5;
+    const batch: OutMessage[] = texts.map((text, i) => {
+      const start = at;
+      at += Buffer.byteLength(text) + 1;
+      return { key: `conn-${i % 50}`, bytes: shared, start, end: at - 1 };
+    });
     await thread.send(topic, 'gzip', batch);
     // A thread that died (here: ended from outside) fails nothing later: the next send
     // starts a fresh one, which connects before it sends.
     thread.terminate();
-    await thread.send(topic, 'none', [{ key: 'conn-after', value: Buffer.from('event-after') }]);
+    await thread.send(topic, 'none', [wholeMessage('conn-after', Buffer.from('event-after'))]);
     const got = await readAll(501);
     assert.equal(got.length, 501);
     const byKey = new Map<string, string[]>();
     for (const m of got) byKey.set(m.key, [...(byKey.get(m.key) ?? []), m.value]);
     for (let k = 0; k < 50; k++) {
-      const expected = batch.filter((m) => m.key === `conn-${k}`).map((m) => String(m.value));
+      const expected = texts.filter((_, i) => i % 50 === k);
       assert.deepEqual(byKey.get(`conn-${k}`), expected, 'each key in order, once');
     }
     assert.deepEqual(byKey.get('conn-after'), ['event-after']);
@@ -77,7 +82,7 @@ describe('Kafka thread', () => {
       () => undefined,
     );
     try {
-      await assert.rejects(dead.send(topic, 'none', [{ key: 'k', value: Buffer.from('v') }]), {
+      await assert.rejects(dead.send(topic, 'none', [wholeMessage('k', Buffer.from('v'))]), {
         message: /ECONNREFUSED|Connection error|connect/i,
       });
     } finally {
