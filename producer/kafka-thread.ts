@@ -24,6 +24,13 @@ export function wholeMessage(key: string, value: Buffer): OutMessage {
   return { key, bytes: value, start: 0, end: value.length };
 }
 
+/**
+ * The thread's young generation. Left to V8 it grows to 32 MB under the churn of encoding
+ * requests; what kafkajs allocates dies within a request, so a small one costs little CPU and
+ * saves some 28 MB of resident memory (bench/producer.ts, paced at 100,000 events a second).
+ */
+const WORKER_YOUNG_GENERATION_MB = 6;
+
 interface Waiter {
   resolve: () => void;
   reject: (err: Error) => void;
@@ -92,7 +99,10 @@ export class KafkaThread {
 
   private spawn(): Worker {
     const init: WorkerInit = { settings: settingsToMessage(this.settings), topics: this.topics };
-    const worker = new Worker(path.join(__dirname, 'kafka-worker.js'), { workerData: init });
+    const worker = new Worker(path.join(__dirname, 'kafka-worker.js'), {
+      workerData: init,
+      resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB },
+    });
     // Only a request in hand keeps the process alive (see request()).
     worker.unref();
     worker.on('message', (m: FromWorker) => {
