@@ -9,13 +9,19 @@
  * variant's only. Prints the median of the runs, also per 1,000 events/s.
  *
  *   node dist/bench/producer.js [--runs 3] [--events 2000000] [--seconds 10]
- *     [--variants gzip,none,gzip@100000,none@100000,plain]
+ *     [--variants gzip,none,gzip@100000,none@100000,plain] [--builds DIR,...]
  *
+ * --builds: other checkouts (built with `make setup`), e.g. the previous commit's, measured in
+ * the same runs, taking turns with this one, so their figures compare side by side.
  * Bounded: each run stops at --events or --seconds, whichever comes first. BENCH_MAX_BATCH
- * changes the Publisher's batch (default 5000), BENCH_MEM=1 prints memoryUsage() per run.
+ * changes the Publisher's batch (default 5000), BENCH_MEM=1 prints where the main thread's
+ * memory is at the end of each run (a child's stderr: run one with --child to see it).
  * Figures from this machine are in bench/README.md.
  */
 import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import v8 from 'node:v8';
+import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { Kafka, logLevel } from 'kafkajs';
 import type { TcpEvent } from '../common/event';
@@ -102,6 +108,28 @@ function rssSampler(): { peak(): number; stop(): void } {
     peak: () => Math.max(peak, process.memoryUsage.rss()),
     stop: () => clearInterval(timer),
   };
+}
+
+/** Resident memory by kind, and the main thread's V8 heap by space, in MB. */
+function memoryReport(): string {
+  const mb = (bytes: number) => Math.round(bytes / (1 << 20));
+  const rollup = fs.readFileSync('/proc/self/smaps_rollup', 'utf8');
+  const kb = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+)`, 'm').exec(rollup)?.[1]);
+  const spaces = Object.fromEntries(
+    v8
+      .getHeapSpaceStatistics()
+      .filter((s) => s.physical_space_size > 0)
+      .map((s) => [s.space_name, mb(s.physical_space_size)]),
+  );
+  const { external, arrayBuffers } = process.memoryUsage();
+  return JSON.stringify({
+    rssMb: mb(kb('Rss') * 1024),
+    anonymousMb: mb(kb('Anonymous') * 1024),
+    fileMb: mb((kb('Rss') - kb('Anonymous')) * 1024),
+    mainHeapMb: spaces,
+    externalMb: mb(external),
+    arrayBuffersMb: mb(arrayBuffers),
+  });
 }
 
 function measure(
@@ -199,7 +227,7 @@ async function runPublisher(
     }
   }
   const published = publisher.getStats().published - base;
-  if (process.env.BENCH_MEM) process.stderr.write(JSON.stringify(process.memoryUsage()) + '\n');
+  if (process.env.BENCH_MEM) process.stderr.write(memoryReport() + '\n');
   rss.stop();
   const name = `tcpaudit Publisher (${compression})${rate > 0 ? ` @${rate / 1000}k/s` : ''}`;
   const result = {
@@ -285,6 +313,19 @@ async function child(variant: string, total: number, seconds: number): Promise<v
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
+/** The median run by rate, with each other figure the median of its own. */
+function medianRow(runs: Result[]): Result {
+  const mid = runs.find((r) => r.rate === median(runs.map((x) => x.rate)))!;
+  return {
+    ...mid,
+    cpuPercent: median(runs.map((r) => r.cpuPercent)),
+    cpuMsPer1k: median(runs.map((r) => r.cpuMsPer1k)),
+    rssMb: median(runs.map((r) => r.rssMb)),
+    maxQueued: mid.maxQueued === undefined ? undefined : median(runs.map((r) => r.maxQueued!)),
+    stallMs: mid.stallMs === undefined ? undefined : Math.max(...runs.map((r) => r.stallMs!)),
+  };
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
@@ -293,6 +334,7 @@ async function main(): Promise<void> {
       seconds: { type: 'string', default: '10' },
       plainSeconds: { type: 'string', default: '8' },
       variants: { type: 'string', default: 'gzip,none,gzip@100000,none@100000,plain' },
+      builds: { type: 'string' },
       child: { type: 'string' },
     },
   });
@@ -301,40 +343,52 @@ async function main(): Promise<void> {
     await child(values.child, Number(values.events), seconds);
     return;
   }
+  // Other checkouts (built) measured in the same runs, turn about with this one.
+  const builds = [
+    { name: '', script: __filename },
+    ...(values.builds ?? '')
+      .split(',')
+      .filter((b) => b !== '')
+      .map((dir) => ({
+        name: ` [${path.basename(path.resolve(dir))}]`,
+        script: path.resolve(dir, 'dist', 'bench', 'producer.js'),
+      })),
+  ];
   const rows: Result[] = [];
   for (const variant of values.variants!.split(',')) {
-    const runs: Result[] = [];
+    const runs: Result[][] = builds.map(() => []);
     for (let i = 0; i < Number(values.runs); i++) {
-      const res = spawnSync(
-        process.execPath,
-        [
-          __filename,
-          '--child',
-          variant,
-          '--events',
-          values.events!,
-          '--seconds',
-          values.seconds!,
-          '--plainSeconds',
-          values.plainSeconds!,
-        ],
-        { encoding: 'utf8', timeout: 120_000 },
-      );
-      const line = res.stdout.trim().split('\n').pop() ?? '';
-      if (res.status !== 0 || !line.startsWith('{'))
-        throw new Error(`bench run failed: ${res.stderr.slice(-2000)}`);
-      runs.push(JSON.parse(line));
-      process.stderr.write(`  ${variant} run ${i + 1}: ${Math.round(runs[i].rate)} ev/s\n`);
+      for (const [b, build] of builds.entries()) {
+        // No other build's plain kafkajs: it is the same library either way.
+        if (variant === 'plain' && b > 0) continue;
+        const res = spawnSync(
+          process.execPath,
+          [
+            build.script,
+            '--child',
+            variant,
+            '--events',
+            values.events!,
+            '--seconds',
+            values.seconds!,
+            '--plainSeconds',
+            values.plainSeconds!,
+          ],
+          { encoding: 'utf8', timeout: 120_000 },
+        );
+        const line = res.stdout.trim().split('\n').pop() ?? '';
+        if (res.status !== 0 || !line.startsWith('{'))
+          throw new Error(`bench run failed: ${res.stderr.slice(-2000)}`);
+        const result = JSON.parse(line) as Result;
+        result.variant += build.name;
+        runs[b].push(result);
+        process.stderr.write(
+          `  ${variant}${build.name} run ${i + 1}: ${Math.round(result.rate)} ev/s, ` +
+            `${result.rssMb.toFixed(0)} MB\n`,
+        );
+      }
     }
-    const mid = runs.find((r) => r.rate === median(runs.map((x) => x.rate)))!;
-    rows.push({
-      ...mid,
-      cpuPercent: median(runs.map((r) => r.cpuPercent)),
-      cpuMsPer1k: median(runs.map((r) => r.cpuMsPer1k)),
-      rssMb: median(runs.map((r) => r.rssMb)),
-      maxQueued: mid.maxQueued === undefined ? undefined : median(runs.map((r) => r.maxQueued!)),
-      stallMs: mid.stallMs === undefined ? undefined : Math.max(...runs.map((r) => r.stallMs!)),
-    });
+    for (const r of runs.filter((r) => r.length > 0)) rows.push(medianRow(r));
   }
   process.stdout.write(
     `\nmedian of ${values.runs} runs, broker ${BROKERS}` +
@@ -342,7 +396,7 @@ async function main(): Promise<void> {
   );
   // Column widths, then one row per variant.
   const columns: [string, number, (r: Result) => string][] = [
-    ['variant', 38, (r) => r.variant],
+    ['variant', 48, (r) => r.variant],
     ['events/s', 12, (r) => String(Math.round(r.rate))],
     ['CPU %', 8, (r) => r.cpuPercent.toFixed(0)],
     ['CPU ms/1k ev', 14, (r) => r.cpuMsPer1k.toFixed(1)],
