@@ -6,7 +6,8 @@
  *    rate (`gzip@100000`: CPU and memory at 100,000 events/s, and the most events queued);
  *  - plain kafkajs: the same framed Avro payloads, one message per awaited send() call.
  * Each run is a child process of its own, so CPU and RSS (sampled every 20 ms, peak) are that
- * variant's only. Prints the median of the runs, also per 1,000 events/s.
+ * variant's only, started with the node flags and environment of producer/runtime-settings.ts
+ * (BENCH_UNTUNED=1: without). Prints the median of the runs, also per 1,000 events/s.
  *
  *   node dist/bench/producer.js [--runs 3] [--events 2000000] [--seconds 10]
  *     [--variants gzip,none,gzip@100000,none@100000,plain] [--builds DIR,...]
@@ -33,6 +34,7 @@ import { registerGapSchema } from '../producer/gaps';
 import { ProducerMetrics } from '../producer/metrics';
 import { Publisher, type Compression } from '../producer/publisher';
 import { toAvro } from '../producer/record';
+import { PRODUCER_MALLOC_ENV, PRODUCER_NODE_FLAGS } from '../producer/runtime-settings';
 
 const BROKERS = process.env.KAFKA_BROKERS ?? '127.0.0.1:19092';
 const REGISTRY = process.env.SCHEMA_REGISTRY_URL ?? 'http://127.0.0.1:18081/apis/ccompat/v7';
@@ -354,6 +356,10 @@ async function main(): Promise<void> {
         script: path.resolve(dir, 'dist', 'bench', 'producer.js'),
       })),
   ];
+  // Each run is started as the launchers start `tcpaudit produce` (BENCH_UNTUNED=1: plain node).
+  const tuning = process.env.BENCH_UNTUNED
+    ? { flags: [], env: {} }
+    : { flags: PRODUCER_NODE_FLAGS, env: PRODUCER_MALLOC_ENV };
   const rows: Result[] = [];
   for (const variant of values.variants!.split(',')) {
     const runs: Result[][] = builds.map(() => []);
@@ -364,6 +370,7 @@ async function main(): Promise<void> {
         const res = spawnSync(
           process.execPath,
           [
+            ...tuning.flags,
             build.script,
             '--child',
             variant,
@@ -374,7 +381,7 @@ async function main(): Promise<void> {
             '--plainSeconds',
             values.plainSeconds!,
           ],
-          { encoding: 'utf8', timeout: 120_000 },
+          { encoding: 'utf8', timeout: 120_000, env: { ...process.env, ...tuning.env } },
         );
         const line = res.stdout.trim().split('\n').pop() ?? '';
         if (res.status !== 0 || !line.startsWith('{'))
@@ -391,7 +398,8 @@ async function main(): Promise<void> {
     for (const r of runs.filter((r) => r.length > 0)) rows.push(medianRow(r));
   }
   process.stdout.write(
-    `\nmedian of ${values.runs} runs, broker ${BROKERS}` +
+    `\nmedian of ${values.runs} runs, broker ${BROKERS}, ` +
+      `${process.env.BENCH_UNTUNED ? 'plain node' : 'started as the producer launchers start it'}` +
       `${process.env.BENCH_NOTE ? `, ${process.env.BENCH_NOTE}` : ''}\n`,
   );
   // Column widths, then one row per variant.

@@ -30,6 +30,7 @@ import { bootId } from '../producer/capture/decode';
 import { registerGapSchema } from '../producer/gaps';
 import { ProducerMetrics, serveMetrics } from '../producer/metrics';
 import { COMPRESSIONS, Publisher, type Compression } from '../producer/publisher';
+import { missingRuntimeSettings } from '../producer/runtime-settings';
 import { Spool, type Overflow } from '../producer/spool';
 import { hostname } from 'node:os';
 import { asUsage, netnsInode, positiveInt, untilSignal, UsageError } from './options';
@@ -381,6 +382,14 @@ export async function runProduce(argv: string[]): Promise<number> {
     filters,
     spool: spool ? { dir: spool.dir, maxBytes: spool.maxBytes, overflow } : null,
   });
+
+  const untuned = missingRuntimeSettings();
+  if (untuned.length > 0) {
+    log.info('started without the memory settings the launchers give', {
+      missing: untuned,
+      effect: 'works the same; some 25-40 MB more resident at 100,000 events/s (README: Sizing)',
+    });
+  }
 
   const report = setInterval(() => {
     log.info('stats', { capture: capture.stats(), publisher: pub.getStats() });

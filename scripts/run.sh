@@ -19,7 +19,9 @@ export PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE KAFKA_BROKERS SCHEMA_REGISTRY_
 # terminal: a second signal would make them exit without flushing.
 setsid "${cli[@]}" process &
 processor=$!
-setsid "${cli[@]}" produce &
+# The producer with the memory settings of producer/runtime-settings.ts, as its units give them.
+setsid env MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072 \
+	node --max-semi-space-size=4 "$root/bin/tcpaudit.js" produce &
 producer=$!
 
 stopping=0

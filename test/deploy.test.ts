@@ -10,6 +10,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import YAML from 'yaml';
+import {
+  PRODUCER_MALLOC_ENV,
+  PRODUCER_NODE_FLAGS,
+  missingRuntimeSettings,
+} from '../producer/runtime-settings';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const read = (rel: string) => fs.readFileSync(path.join(ROOT, rel), 'utf8');
@@ -461,6 +466,17 @@ describe('deploy/docker', () => {
       assert.notEqual(user.split(':')[0], '0');
       const ep = entrypoint(stages[1]);
       assert.equal(ep.at(-1), '/opt/tcpaudit/bin/tcpaudit.js');
+      if (role === 'producer') {
+        // The memory settings of producer/runtime-settings.ts: node flags, then ENV.
+        const node = ep.indexOf('/usr/local/bin/node');
+        assert.deepEqual(ep.slice(node + 1, -1), PRODUCER_NODE_FLAGS);
+        const env = stages[1].lines
+          .filter((l) => l.op === 'ENV')
+          .map((l) => l.args)
+          .join(' ');
+        for (const [name, value] of Object.entries(PRODUCER_MALLOC_ENV))
+          assert.match(env, new RegExp(`(^|\\s)${name}=${value}(\\s|$)`), `ENV ${name}`);
+      }
       const cmd = stages[1].lines.find((l) => l.op === 'CMD');
       assert.deepEqual(JSON.parse(cmd!.args), [role === 'producer' ? 'produce' : 'process']);
     });
@@ -552,8 +568,24 @@ describe('deploy/systemd', () => {
 
   it('runs the CLI produce command as its own user', () => {
     assert.equal(one('User'), 'tcpaudit');
-    assert.match(one('ExecStart'), /^\/\S+\/node \/opt\/tcpaudit\/bin\/tcpaudit\.js produce( |$)/);
-    assertFlagsExist(one('ExecStart').split(/\s+/).slice(2), 'systemd ExecStart');
+    const exec = one('ExecStart').split(/\s+/);
+    const script = exec.indexOf('/opt/tcpaudit/bin/tcpaudit.js');
+    assert.match(exec[0], /^\/\S+\/node$/);
+    assert.equal(exec[script + 1], 'produce');
+    assertFlagsExist(exec.slice(script + 1), 'systemd ExecStart');
+  });
+
+  it('starts node with the memory settings of producer/runtime-settings.ts', () => {
+    const exec = one('ExecStart').split(/\s+/);
+    const nodeFlags = exec.slice(1, exec.indexOf('/opt/tcpaudit/bin/tcpaudit.js'));
+    assert.deepEqual(nodeFlags, PRODUCER_NODE_FLAGS);
+    const env = Object.fromEntries(
+      one('Environment')
+        .split(/\s+/)
+        .map((kv) => kv.split('=')),
+    );
+    assert.deepEqual(env, PRODUCER_MALLOC_ENV);
+    assert.deepEqual(missingRuntimeSettings(nodeFlags, env), []);
     assert.match(read('deploy/systemd/tcpaudit.sysusers.conf'), /^u tcpaudit /m);
   });
 
@@ -584,6 +616,26 @@ describe('deploy/systemd', () => {
       .map((l) => l.split('=')[0]);
     assert.ok(names.includes('KAFKA_BROKERS'));
     assertEnvRead(names, 'producer.env');
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+
+describe('scripts/run.sh', () => {
+  it('starts the producer with the memory settings of producer/runtime-settings.ts', () => {
+    const line = read('scripts/run.sh').replace(/\\\n\s*/g, '');
+    const m = /env ((?:[A-Z_]+=\S+ )+)node ((?:--\S+ )*)"\$root\/bin\/tcpaudit\.js" produce/.exec(
+      line,
+    );
+    assert.ok(m, 'no producer line of the form: env VARS node FLAGS .../tcpaudit.js produce');
+    const env = Object.fromEntries(
+      m[1]
+        .trim()
+        .split(' ')
+        .map((kv) => kv.split('=')),
+    );
+    assert.deepEqual(env, PRODUCER_MALLOC_ENV);
+    assert.deepEqual(m[2].trim().split(' '), PRODUCER_NODE_FLAGS);
   });
 });
 

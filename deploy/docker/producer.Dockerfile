@@ -53,7 +53,8 @@ COPY --from=build /src/bin ./bin
 COPY --from=build /src/schemas ./schemas
 COPY --from=build /src/bpf/.output/tcpaudit.bpf.o ./bpf/.output/tcpaudit.bpf.o
 COPY --from=build /src/native/build/Release/tcpaudit.node ./native/build/Release/tcpaudit.node
-ENV TCPAUDIT_HOME=/opt/tcpaudit NODE_ENV=production
+# Memory settings only the command line and the environment can give: producer/runtime-settings.ts.
+ENV TCPAUDIT_HOME=/opt/tcpaudit NODE_ENV=production MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072
 USER 10001:10001
-ENTRYPOINT ["/usr/local/bin/tcpaudit-caps", "--inh-caps=+bpf,+perfmon", "--ambient-caps=+bpf,+perfmon", "--", "/usr/local/bin/node", "/opt/tcpaudit/bin/tcpaudit.js"]
+ENTRYPOINT ["/usr/local/bin/tcpaudit-caps", "--inh-caps=+bpf,+perfmon", "--ambient-caps=+bpf,+perfmon", "--", "/usr/local/bin/node", "--max-semi-space-size=4", "/opt/tcpaudit/bin/tcpaudit.js"]
 CMD ["produce"]
