@@ -12,6 +12,7 @@ import {
   settingsFromMessage,
   settingsToMessage,
 } from '../common/kafka-config';
+import { missingRuntimeSettings } from '../producer/runtime-settings';
 import { endpoints, uniqueName } from './harness';
 import { runCli } from './processes';
 
@@ -258,5 +259,25 @@ describe('tcpaudit produce with security settings', () => {
     // The producer names its partitioner, so kafkajs' v2 "switched default partitioner"
     // warning never reaches the logs.
     assert.ok(!JSON.stringify(p.logs).includes('switched default partitioner'));
+  });
+});
+
+describe('runtime settings', () => {
+  test('names the memory settings a process was started without', () => {
+    const all = { MALLOC_ARENA_MAX: '2', MALLOC_MMAP_THRESHOLD_: '131072' };
+    assert.deepEqual(missingRuntimeSettings(['--max-semi-space-size=4'], all), []);
+    // NODE_OPTIONS counts as the command line.
+    const viaOptions = { ...all, NODE_OPTIONS: '--max-semi-space-size=4' };
+    assert.deepEqual(missingRuntimeSettings([], viaOptions), []);
+    assert.deepEqual(missingRuntimeSettings([], {}), [
+      '--max-semi-space-size=4',
+      'MALLOC_ARENA_MAX=2',
+      'MALLOC_MMAP_THRESHOLD_=131072',
+    ]);
+    // Another value is not the setting measured.
+    assert.deepEqual(
+      missingRuntimeSettings(['--max-semi-space-size=16'], { ...all, MALLOC_ARENA_MAX: '8' }),
+      ['--max-semi-space-size=4', 'MALLOC_ARENA_MAX=2'],
+    );
   });
 });
