@@ -137,9 +137,9 @@ export async function runCapture(argv: string[]): Promise<number> {
     );
     return 1;
   }
-  process.stderr.write(
-    `${JSON.stringify({ attached: { runId: capture.runId.toString(), ringBytes, ...requested } })}\n`,
-  );
+  // In hex, as the producer logs it and as it appears in every connection id.
+  const runId = capture.runId.toString(16);
+  process.stderr.write(`${JSON.stringify({ attached: { runId, ringBytes, ...requested } })}\n`);
 
   // Listeners that predate us, seeded from /proc: how many, how long, and why any are missing.
   void capture.listeners.then((report) =>
