@@ -352,6 +352,9 @@ export class ProcessorConsumer {
     const generation = this.generation;
     const lag = BigInt(batch.highWatermark) - next;
     const written = () => this.writeBatch(topic, partition, records, next, generation, lag);
+    // stop() may have begun during the look-ups above and found no write in flight: a write
+    // started now would commit after the pool is closed. The next run starts from this batch.
+    if (this.stopping || isStale()) return;
     // A failed write is fetched again from its first record: positions still says where.
     this.writes.start(key, written, () => this.seekBack(topic, partition, first));
     // kafkajs fetches from the resolved offset: the next batch is fetched while this one is

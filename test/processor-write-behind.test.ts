@@ -116,3 +116,57 @@ test('write-behind: a failed batch is fetched again, with or without a later bat
     await consumer.stop();
   }
 });
+
+test('write-behind: stop() during a batch look-up starts no write after it', async () => {
+  const env = (await endpoints()).env;
+  const db = await freshDatabase(env);
+  dbs.push(db);
+  const topic = uniqueName('tcpaudit.behind-stop');
+  const kafka = kafkaClient(env.KAFKA_BROKERS);
+  await createTopic(kafka, topic, 1);
+  const schemas = await registerSchemas(env.SCHEMA_REGISTRY_URL, topic);
+  const stream = syntheticStream(50, 2, Date.now() * 1000, 's');
+  const producer = kafka.producer();
+  await producer.connect();
+  await producer.send({
+    topic,
+    messages: stream.changes.map((c) => ({ key: c.connId, value: encodeEvent(schemas, c) })),
+  });
+  await producer.disconnect();
+  // The stored-offset look-up is held up, so stop() comes while the batch waits on it.
+  let lookingUp = false;
+  const transactions: number[] = [];
+  const pool = {
+    query: async (...args: Parameters<Pool['query']>) => {
+      if (String(args[0]).includes('SELECT next_offset')) {
+        lookingUp = true;
+        await sleep(2000);
+      }
+      return db.pool.query(...args);
+    },
+    connect: () => {
+      transactions.push(Date.now());
+      return db.pool.connect();
+    },
+  } as unknown as Pool;
+  const consumer = new ProcessorConsumer({
+    kafka: { clientId: 'behind-stop-test', brokers: env.KAFKA_BROKERS.split(',') },
+    topic,
+    groupId: uniqueName('behind-stop'),
+    pool,
+    decode: registryDecoder(createRegistry(env.SCHEMA_REGISTRY_URL)),
+    log: quiet,
+  });
+  await consumer.start();
+  await waitFor('the offset look-up', async () => lookingUp, 60_000);
+  await consumer.stop();
+  const stoppedAt = Date.now();
+  await sleep(3000);
+  assert.deepEqual(
+    transactions.filter((t) => t >= stoppedAt),
+    [],
+    'no batch transaction after stop() returned',
+  );
+  const { rows } = await db.pool.query('SELECT count(*)::int AS n FROM tcp_events');
+  assert.equal(rows[0].n, 0, 'the batch is left for the next run, whole');
+});
