@@ -74,7 +74,12 @@ function writeLong(n: number, buf: Buffer, pos: number): number {
   return pos;
 }
 
-/** Length-prefixed UTF-8; ASCII (addresses, ids, most command names) without a native call. */
+/**
+ * Length-prefixed UTF-8; ASCII (addresses, ids, most command names) without a native call. A
+ * lone UTF-16 surrogate (no string decoded from the kernel or the host name has one) becomes
+ * U+FFFD here, as Buffer.write makes it; avsc writes the surrogate's own three bytes for
+ * strings under 64 bytes, which is not valid UTF-8.
+ */
 function writeString(s: string, buf: Buffer, pos: number): number {
   const n = s.length;
   let ascii = true;
@@ -92,6 +97,42 @@ function writeString(s: string, buf: Buffer, pos: number): number {
   pos = writeLong(n, buf, pos);
   for (let i = 0; i < n; i++) buf[pos + i] = s.charCodeAt(i);
   return pos + n;
+}
+
+/** The Avro `int` fields: 32-bit signed. */
+function checkInts(e: TcpEvent): void {
+  if (
+    (e.localPort | 0) !== e.localPort ||
+    (e.remotePort | 0) !== e.remotePort ||
+    (e.pid | 0) !== e.pid ||
+    (e.tid | 0) !== e.tid
+  )
+    throw new RangeError(`an int field of event ${e.seq} is not a 32-bit integer`);
+}
+
+/**
+ * The Avro `long` fields, as numbers: avsc (and so every reader here) holds a long in a double,
+ * so only safe integers survive the trip. Also keeps NaN and Infinity out of writeLong's loop.
+ */
+function checkLongs(e: TcpEvent, micros: number): void {
+  const safe = Number.isSafeInteger;
+  if (
+    !safe(e.seq) ||
+    !safe(e.uid) ||
+    !safe(e.netns) ||
+    !safe(e.segsOut) ||
+    !safe(e.segsIn) ||
+    !safe(e.retransmits) ||
+    !safe(e.srttUs) ||
+    !safe(e.sockInode) ||
+    !safe(e.sockUid) ||
+    !safe(e.sockGid) ||
+    !safe(Number(e.cgroupId)) ||
+    !safe(Number(e.bytesSent)) ||
+    !safe(Number(e.bytesReceived)) ||
+    !safe(micros)
+  )
+    throw new RangeError(`a long field of event ${e.seq} is not a safe integer`);
 }
 
 export class StateChangeWriter {
@@ -137,8 +178,15 @@ export class StateChangeWriter {
     return FIXED_MAX + 3 * chars;
   }
 
-  /** Writes `e` at `pos`; the caller has `bound(e)` bytes there. Returns where it ended. */
+  /**
+   * Writes `e` at `pos`; the caller has `bound(e)` bytes there. Returns where it ended. Throws,
+   * as avsc does, for a value its type cannot hold (so nothing past the bound is written).
+   */
   write(e: TcpEvent, buf: Buffer, pos: number): number {
+    // Microseconds fit a double exactly until the year 2255; nanoseconds would not.
+    const micros = Number(e.timeNs / 1000n);
+    checkInts(e);
+    checkLongs(e, micros);
     buf[pos] = 0;
     buf.writeUInt32BE(this.schemaId, pos + 1);
     pos += 5;
@@ -146,8 +194,7 @@ export class StateChangeWriter {
     pos = writeLong(e.seq, buf, pos);
     pos = writeString(e.host, buf, pos);
     pos = writeString(e.bootId, buf, pos);
-    // Microseconds fit a double exactly until the year 2255; nanoseconds would not.
-    pos = writeLong(Number(e.timeNs / 1000n), buf, pos);
+    pos = writeLong(micros, buf, pos);
     pos = writeLong(e.family === 6 ? this.familyIndex[6] : this.familyIndex[4], buf, pos);
     pos = writeString(e.localAddr, buf, pos);
     pos = writeLong(e.localPort, buf, pos);

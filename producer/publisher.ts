@@ -180,21 +180,21 @@ export class Publisher {
    * notices at 100,000 events a second. A slab lives until its last message is sent.
    */
   private encode(event: TcpEvent): Pending {
-    if (this.slab.length - this.slabAt < this.writer.bound(event)) {
-      this.newSlab();
-      if (this.slab.length < this.writer.bound(event))
-        throw new Error(`record of up to ${this.writer.bound(event)} bytes does not fit a slab`);
+    const bound = this.writer.bound(event);
+    if (bound > SLAB_BYTES) {
+      // A record bigger than a slab (a very long string) gets a buffer of its own.
+      const own = Buffer.allocUnsafe(bound);
+      return this.pending(event, own, 0, this.writer.write(event, own, 0));
     }
+    if (this.slab.length - this.slabAt < bound) this.newSlab();
     const start = this.slabAt;
-    this.slabAt = this.writer.write(event, this.slab, start);
-    return {
-      key: event.connId,
-      bytes: this.slab,
-      start,
-      end: this.slabAt,
-      seq: event.seq,
-      runId: this.opts.origin.runId,
-    };
+    const end = this.writer.write(event, this.slab, start);
+    this.slabAt = end;
+    return this.pending(event, this.slab, start, end);
+  }
+
+  private pending(event: TcpEvent, bytes: Buffer, start: number, end: number): Pending {
+    return { key: event.connId, bytes, start, end, seq: event.seq, runId: this.opts.origin.runId };
   }
 
   private newSlab(): void {
@@ -207,7 +207,7 @@ export class Publisher {
     if (events.length === 0) return;
     this.stats.captured += events.length;
     this.metrics.captured.inc(events.length);
-    const items = events.map((e) => this.encode(e));
+    const items = this.encodeAll(events);
     const spool = this.opts.spool;
     const depth = this.queue.length - this.head;
     if (spool && (this.spilling || depth + items.length > this.opts.maxQueued)) {
@@ -223,6 +223,26 @@ export class Publisher {
     }
     this.updateGauges();
     if (this.queue.length - this.head >= this.opts.maxBatch) void this.flush();
+  }
+
+  /**
+   * Encodes each event; one the schema cannot hold (a value out of its type's range: the writer
+   * refuses it, as avsc would) is counted as lost with a gap record, and the others go on.
+   */
+  private encodeAll(events: TcpEvent[]): Pending[] {
+    const items: Pending[] = [];
+    for (const e of events) {
+      try {
+        items.push(this.encode(e));
+      } catch (err) {
+        const runId = this.opts.origin.runId;
+        // A sequence number that is itself unusable is reported as unknown, as the kernel's are.
+        const seq = Number.isSafeInteger(e.seq) ? e.seq : -1;
+        this.log.error('event not encodable, dropped', { seq, error: (err as Error).message });
+        this.noteLoss('user_queue', 'DECODE_FAILED', { runId, count: 1, seqFrom: seq, seqTo: seq });
+      }
+    }
+    return items;
   }
 
   private toSpool(items: Pending[]): void {

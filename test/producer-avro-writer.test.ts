@@ -3,7 +3,12 @@ import { test } from 'node:test';
 import avro from 'avsc';
 import { TCP_STATES, type TcpEvent } from '../common/event';
 import { loadValueSchema } from '../common/registry';
+import { kafkaClientSettings } from '../common/kafka-config';
+import { createLogger } from '../common/log';
 import { StateChangeWriter } from '../producer/avro-writer';
+import { GAP_SCHEMA_FILE } from '../producer/gaps';
+import { ProducerMetrics } from '../producer/metrics';
+import { Publisher } from '../producer/publisher';
 import { toAvro } from '../producer/record';
 
 // The producer writes its records itself (producer/avro-writer.ts); every byte must be what
@@ -114,4 +119,66 @@ test('a schema whose fields differ from what it writes is refused at constructio
     ),
   };
   assert.throws(() => new StateChangeWriter(1, avro.Type.forSchema(retyped)), /fields differ/);
+});
+
+test('a value its Avro type cannot hold is refused, never written wrong or looped on', () => {
+  const writer = new StateChangeWriter(SCHEMA_ID, type);
+  const base = randomEvent(rng(11), 1);
+  const bad: Partial<TcpEvent>[] = [
+    { segsOut: Infinity },
+    { segsIn: NaN },
+    { uid: 1.5 },
+    { seq: 2 ** 53 },
+    { sockInode: -(2 ** 53) },
+    { cgroupId: 2n ** 60n },
+    { timeNs: 2n ** 63n },
+    { localPort: 2 ** 31 },
+    { pid: 4294967295 },
+    { tid: 0.5 },
+  ];
+  for (const change of bad) {
+    const e = { ...base, ...change };
+    assert.throws(() => writer.write(e, Buffer.alloc(writer.bound(e)), 0), RangeError);
+    assert.throws(() => framedByAvsc(e), Error, `avsc takes ${Object.keys(change)}`);
+  }
+});
+
+test('a lone surrogate is written as U+FFFD, valid UTF-8', () => {
+  const writer = new StateChangeWriter(SCHEMA_ID, type);
+  const e = { ...randomEvent(rng(5), 1), comm: 'a\ud800b' };
+  const buf = Buffer.alloc(writer.bound(e));
+  const end = writer.write(e, buf, 0);
+  assert.equal((type.fromBuffer(buf.subarray(5, end)) as { comm: string }).comm, 'a\ufffdb');
+});
+
+test('Publisher: an event it cannot encode is a counted gap; a huge one is queued', () => {
+  const gap = loadValueSchema(GAP_SCHEMA_FILE).type;
+  const publisher = new Publisher({
+    kafka: kafkaClientSettings({ brokers: '127.0.0.1:1' }, 'tcpaudit-test-encode', {}),
+    topic: 'tcpaudit.test.encode',
+    partitions: 1,
+    replicationFactor: 1,
+    schemaId: SCHEMA_ID,
+    valueType: type,
+    gapSchemaId: 7,
+    gapType: gap,
+    origin: { host: 'h', bootId: 'b', runId: 'r1' },
+    maxQueued: 1000,
+    maxBatch: 100,
+    compression: 'none',
+    spool: null,
+    overflow: 'drop-newest',
+    metrics: new ProducerMetrics(),
+    log: createLogger('test', 'error'),
+  });
+  const next = rng(9);
+  const events = [0, 1, 2, 3].map((i) => ({ ...randomEvent(next, i + 1), seq: 10 + i }));
+  events[1] = { ...events[1], pid: 2 ** 40 };
+  events[2] = { ...events[2], comm: 'c'.repeat(300_000) }; // more than a 256 KiB slab
+  publisher.enqueue(events);
+  const stats = publisher.getStats();
+  assert.equal(stats.captured, 4);
+  assert.equal(stats.queued, 3, 'the others are queued');
+  assert.equal(stats.dropped.user_queue, 1);
+  assert.equal(stats.gapsPending, 1);
 });
