@@ -349,3 +349,13 @@ export async function waitFor(what: string, check: () => Promise<boolean>, timeo
     await sleep(250);
   }
 }
+
+/** What a stack test of the consumer starts from: its own database, topic and schemas. */
+export async function freshPipeline(stackEnv: Record<string, string>, topicPrefix: string) {
+  const db = await freshDatabase(stackEnv);
+  const topic = uniqueName(topicPrefix);
+  const kafka = kafkaClient(stackEnv.KAFKA_BROKERS);
+  await createTopic(kafka, topic, 1);
+  const schemas = await registerSchemas(stackEnv.SCHEMA_REGISTRY_URL, topic);
+  return { db, topic, kafka, schemas };
+}

@@ -12,6 +12,7 @@ import {
   quiet,
   encodeEvent,
   freshDatabase,
+  freshPipeline,
   kafkaClient,
   registerSchemas,
   syntheticStream,
@@ -195,12 +196,8 @@ test('poison: addresses the processor accepts are ones PostgreSQL inet accepts (
 
 test('poison: zone ids, NUL, over-long comm and a key that is not the conn_id go to the dead letters', async () => {
   const env = (await endpoints()).env;
-  const own = await freshDatabase(env);
+  const { db: own, topic, kafka, schemas } = await freshPipeline(env, 'tcpaudit.poison2');
   dbs.push(own);
-  const topic = uniqueName('tcpaudit.poison2');
-  const kafka = kafkaClient(env.KAFKA_BROKERS);
-  await createTopic(kafka, topic, 1);
-  const schemas = await registerSchemas(env.SCHEMA_REGISTRY_URL, topic);
   const stream = syntheticStream(10, 1, Date.now() * 1000, 'z');
   const base = stream.changes[0];
   const bad = [

@@ -8,12 +8,9 @@ import { registryDecoder } from '../processor/decode';
 import { WriteBehind } from '../processor/write-behind';
 import {
   checkExact,
-  createTopic,
   encodeEvent,
-  freshDatabase,
-  kafkaClient,
+  freshPipeline,
   quiet,
-  registerSchemas,
   sleep,
   syntheticStream,
   waitFor,
@@ -74,12 +71,8 @@ function flakyPool(pool: Pool, failing: Set<number>): Pool {
 
 test('write-behind: a failed batch is fetched again, with or without a later batch', async () => {
   const env = (await endpoints()).env;
-  const db = await freshDatabase(env);
+  const { db, topic, kafka, schemas } = await freshPipeline(env, 'tcpaudit.behind');
   dbs.push(db);
-  const topic = uniqueName('tcpaudit.behind');
-  const kafka = kafkaClient(env.KAFKA_BROKERS);
-  await createTopic(kafka, topic, 1);
-  const schemas = await registerSchemas(env.SCHEMA_REGISTRY_URL, topic);
   const stream = syntheticStream(300, 2, Date.now() * 1000, 'w');
   const messages = stream.changes.map((c) => ({ key: c.connId, value: encodeEvent(schemas, c) }));
   const producer = kafka.producer();
@@ -119,12 +112,8 @@ test('write-behind: a failed batch is fetched again, with or without a later bat
 
 test('write-behind: stop() during a batch look-up starts no write after it', async () => {
   const env = (await endpoints()).env;
-  const db = await freshDatabase(env);
+  const { db, topic, kafka, schemas } = await freshPipeline(env, 'tcpaudit.behind-stop');
   dbs.push(db);
-  const topic = uniqueName('tcpaudit.behind-stop');
-  const kafka = kafkaClient(env.KAFKA_BROKERS);
-  await createTopic(kafka, topic, 1);
-  const schemas = await registerSchemas(env.SCHEMA_REGISTRY_URL, topic);
   const stream = syntheticStream(50, 2, Date.now() * 1000, 's');
   const producer = kafka.producer();
   await producer.connect();
