@@ -42,10 +42,10 @@ const FIELDS = [
   ['sock_gid', 'long'],
 ] as const;
 
-const STRING_FIELDS = 6;
 /** A varint of a 64-bit zigzag value takes at most 10 bytes. */
 const VARINT_MAX = 10;
-const FIXED_MAX = 5 + (FIELDS.length - STRING_FIELDS) * VARINT_MAX + STRING_FIELDS * VARINT_MAX;
+/** Framing, then at most one varint per field (a string's is its length) besides string bytes. */
+const FIXED_MAX = 5 + FIELDS.length * VARINT_MAX;
 
 interface AvroField {
   name: string;
