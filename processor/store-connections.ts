@@ -2,7 +2,7 @@ import type { PoolClient } from 'pg';
 import { isoFromMicros } from '../common/time';
 import { BinaryRows, copyIn } from './copy-binary';
 import { connectMs, durationMs, type Connection } from './lifecycle';
-import { ConcurrentInsertError, writeOwner } from './store-events';
+import { concurrentOr, writeOwner } from './store-events';
 
 const US = (column: string) => `(extract(epoch FROM ${column}) * 1000000)::int8`;
 
@@ -182,7 +182,6 @@ export async function saveConnections(
   try {
     await copyIn(db, `connections (${NAMES})`, fresh);
   } catch (err) {
-    if ((err as { code?: string }).code === '23505') throw new ConcurrentInsertError(err as Error);
-    throw err;
+    throw concurrentOr(err);
   }
 }

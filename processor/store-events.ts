@@ -97,6 +97,13 @@ export class ConcurrentInsertError extends Error {
   }
 }
 
+/** A COPY's failure as the caller should see it: a unique violation is a concurrent insert. */
+export function concurrentOr(err: unknown): unknown {
+  return (err as { code?: string }).code === '23505'
+    ? new ConcurrentInsertError(err as Error)
+    : err;
+}
+
 /**
  * Stores the events not stored before, in one COPY, and returns them (the first of any the
  * batch carries twice). COPY has no ON CONFLICT, and the (conn_id, seq, event_time) key stays
@@ -121,8 +128,7 @@ export async function insertEvents<E extends RawEvent>(db: PoolClient, events: E
   try {
     return await copyFresh(db, events, await storedKeys(db, events));
   } catch (err) {
-    if ((err as { code?: string }).code === '23505') throw new ConcurrentInsertError(err as Error);
-    throw err;
+    throw concurrentOr(err);
   }
 }
 
